@@ -1,0 +1,20 @@
+use thiserror::Error;
+
+/// Control-path errors. The messages are the contract's (spec 5.6, 5.7); hosts prefix them
+/// with the bdev name when they answer an RPC.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReplicationError {
+    #[error("Block replication is not running")]
+    NotRunning,
+    #[error("Block replication is running or done")]
+    RunningOrDone,
+    #[error("I/O error occurred")]
+    Io,
+    #[error("The parameter mode's value is invalid: the bdev is {have}, but got {got}")]
+    ModeMismatch {
+        have: crate::engine::Mode,
+        got: crate::engine::Mode,
+    },
+    #[error("{param}: {reason}")]
+    InvalidParam { param: &'static str, reason: String },
+}

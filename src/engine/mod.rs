@@ -1,0 +1,30 @@
+//! The host-agnostic replication engine.
+//!
+//! Layering follows `quinn-proto`: the *core* (maps, stage machine, routing plans) does no
+//! I/O and is what a host's hot path calls directly; the *driver* methods (`async fn` on
+//! [`Secondary`] and [`Primary`]) implement complete I/O semantics over the [`BlockDevice`]
+//! trait, including every slow path (copy-before-write, merge, failover-failed split).
+
+mod alloc_map;
+mod cluster_lock;
+mod device;
+mod error;
+mod gate;
+mod geometry;
+mod primary;
+mod secondary;
+mod stage;
+pub mod testing;
+
+pub use alloc_map::{AllocMap, AllocState};
+pub use cluster_lock::{ClusterGuard, ClusterLocks};
+pub use device::{BlockDevice, IoBuf, IoError, Runtime};
+pub use error::ReplicationError;
+pub use gate::{GateGuard, IoGate};
+pub use geometry::Geometry;
+pub use primary::{Primary, PrimaryConfig, PrimaryWritePlan, DEFAULT_REMOTE_TIMEOUT_MS};
+pub use secondary::{
+    DEFAULT_COW_GRANULARITY, IngressWritePlan, MergeProgress, MergeStep, ReadSegment,
+    ReadSegments, Secondary, SecondaryCounters, Source, TopWritePlan,
+};
+pub use stage::{Mode, Stage};

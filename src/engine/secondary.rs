@@ -1,0 +1,823 @@
+//! Secondary node: the SVM's disk ("top") over active > hidden > base, the ingress that
+//! takes the primary's writes with copy-before-write, checkpoint and the failover merge.
+
+use crate::engine::alloc_map::{AllocMap, AllocState};
+use crate::engine::cluster_lock::ClusterLocks;
+use crate::engine::device::{BlockDevice, IoBuf, IoError, WriteOp};
+use crate::engine::gate::IoGate;
+use crate::engine::stage::AtomicStage;
+use crate::engine::{Geometry, Mode, ReplicationError, Stage};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+
+/// Default COW cluster size in bytes; see README "COW granularity" for the measurement.
+pub const DEFAULT_COW_GRANULARITY: u64 = 64 * 1024;
+
+/// Where a piece of a top read comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Active,
+    Hidden,
+    Base,
+    /// Allocated as zero in active: the host fills zeros, no device I/O.
+    Zero,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSegment {
+    pub source: Source,
+    pub lba: u64,
+    pub nblocks: u64,
+}
+
+/// Routing of an ingress write (or write_zeroes/unmap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressWritePlan {
+    /// Straight to base: no touched cluster needs a copy.
+    Direct,
+    /// Some touched cluster is still armed: copy-before-write first (slow path).
+    Cow,
+    Refused,
+}
+
+/// Routing of a top write (or write_zeroes/unmap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopWritePlan {
+    /// Whole request to active, then mark it allocated.
+    Active,
+    Base,
+    /// Needs merging first or splitting (failover stages): driver slow path.
+    Slow,
+    Refused,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    cow_copies: AtomicU64,
+    cow_bytes: AtomicU64,
+    cow_failures: AtomicU64,
+    ingress_refused: AtomicU64,
+    checkpoints: AtomicU64,
+    merged_clusters: AtomicU64,
+    merge_failures: AtomicU64,
+    read_revalidations: AtomicU64,
+}
+
+/// Slow-path counters (the hot path keeps its own per channel in the host).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SecondaryCounters {
+    pub cow_copies: u64,
+    pub cow_bytes: u64,
+    pub cow_failures: u64,
+    pub ingress_refused: u64,
+    pub checkpoints: u64,
+    pub merged_clusters: u64,
+    pub merge_failures: u64,
+    pub read_revalidations: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MergeProgress {
+    pub total_bytes: u64,
+    pub done_bytes: u64,
+}
+
+/// Outcome of one [`Secondary::merge_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStep {
+    /// One cluster merged (or found already merged); call again.
+    Progress,
+    /// Nothing left: the top now addresses the base, stage `done`.
+    Done,
+    /// Not in `failover` (nothing to do).
+    Idle,
+}
+
+pub struct Secondary<D: BlockDevice> {
+    geo: Geometry,
+    base: D,
+    hidden: D,
+    active: D,
+    stage: AtomicStage,
+    /// Per block.
+    active_map: AllocMap,
+    /// Per cluster. Also the COW map: in `running`, a cluster's COW is armed exactly when it
+    /// is not allocated in hidden (start and checkpoint arm all and empty hidden together;
+    /// a copy allocates and disarms together), so one map keeps both without drift.
+    hidden_map: AllocMap,
+    clusters: ClusterLocks,
+    gate: IoGate,
+    error: AtomicBool,
+    control: futures::lock::Mutex<()>,
+    merge_cursor: AtomicU64,
+    merge_total: AtomicU64,
+    merge_done: AtomicU64,
+    counters: Counters,
+}
+
+impl<D: BlockDevice> Secondary<D> {
+    /// Checks the devices' shapes (spec 5.6) and builds the engine in stage `none`.
+    pub fn new(
+        base: D,
+        hidden: D,
+        active: D,
+        cow_granularity: u64,
+    ) -> Result<Self, ReplicationError> {
+        let (bs, n) = (base.block_size(), base.num_blocks());
+        for (param, dev) in [("hidden_bdev", &hidden), ("active_bdev", &active)] {
+            if dev.block_size() != bs {
+                return Err(ReplicationError::InvalidParam {
+                    param,
+                    reason: format!(
+                        "block size {} differs from the base's {bs}",
+                        dev.block_size()
+                    ),
+                });
+            }
+            if dev.num_blocks() != n {
+                return Err(ReplicationError::InvalidParam {
+                    param,
+                    reason: format!(
+                        "size {} blocks differs from the base's {n}",
+                        dev.num_blocks()
+                    ),
+                });
+            }
+        }
+        let geo = Geometry::new(bs, n, cow_granularity)?;
+        Ok(Secondary {
+            active_map: AllocMap::new(n),
+            hidden_map: AllocMap::new(geo.num_clusters()),
+            geo,
+            base,
+            hidden,
+            active,
+            stage: AtomicStage::default(),
+            clusters: ClusterLocks::default(),
+            gate: IoGate::default(),
+            error: AtomicBool::new(false),
+            control: futures::lock::Mutex::new(()),
+            merge_cursor: AtomicU64::new(0),
+            merge_total: AtomicU64::new(0),
+            merge_done: AtomicU64::new(0),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+    pub fn stage(&self) -> Stage {
+        self.stage.get()
+    }
+    pub fn gate(&self) -> &IoGate {
+        &self.gate
+    }
+    pub fn base(&self) -> &D {
+        &self.base
+    }
+    pub fn hidden(&self) -> &D {
+        &self.hidden
+    }
+    pub fn active(&self) -> &D {
+        &self.active
+    }
+
+    /// Blocks allocated in active and clusters allocated in hidden.
+    pub fn allocated(&self) -> (u64, u64) {
+        (
+            self.active_map.count_allocated(),
+            self.hidden_map.count_allocated(),
+        )
+    }
+
+    pub fn counters(&self) -> SecondaryCounters {
+        let c = &self.counters;
+        SecondaryCounters {
+            cow_copies: c.cow_copies.load(Relaxed),
+            cow_bytes: c.cow_bytes.load(Relaxed),
+            cow_failures: c.cow_failures.load(Relaxed),
+            ingress_refused: c.ingress_refused.load(Relaxed),
+            checkpoints: c.checkpoints.load(Relaxed),
+            merged_clusters: c.merged_clusters.load(Relaxed),
+            merge_failures: c.merge_failures.load(Relaxed),
+            read_revalidations: c.read_revalidations.load(Relaxed),
+        }
+    }
+
+    pub fn merge_progress(&self) -> MergeProgress {
+        MergeProgress {
+            total_bytes: self.merge_total.load(SeqCst),
+            done_bytes: self.merge_done.load(SeqCst),
+        }
+    }
+
+    /// `get_error` (spec 5.7).
+    pub fn get_error(&self) -> Result<(), ReplicationError> {
+        match self.stage() {
+            Stage::None => Err(ReplicationError::NotRunning),
+            // A merge in progress reports nothing transient.
+            Stage::Failover => Ok(()),
+            _ if self.error.load(SeqCst) => Err(ReplicationError::Io),
+            _ => Ok(()),
+        }
+    }
+
+    // ---------------------------------------------------------------- routing (core) --
+
+    fn cluster_has_overlay(&self, c: u64) -> bool {
+        let (start, len) = self.geo.cluster_extent(c);
+        self.hidden_map.get(c) == AllocState::Data || self.active_map.any_allocated(start, len)
+    }
+
+    /// Pieces of a top read, in order, adjacent pieces of one source coalesced.
+    pub fn plan_top_read(&self, lba: u64, nblocks: u64) -> Result<ReadSegments<'_, D>, IoError> {
+        if !self.geo.check_range(lba, nblocks) {
+            return Err(IoError::OutOfRange);
+        }
+        let base_only = match self.stage() {
+            Stage::None => return Err(IoError::Io),
+            Stage::Done => true,
+            Stage::Running | Stage::Failover | Stage::FailoverFailed => false,
+        };
+        Ok(ReadSegments {
+            sec: self,
+            pos: lba,
+            end: lba + nblocks,
+            base_only,
+            peeked: None,
+        })
+    }
+
+    fn segment_at(&self, pos: u64, end: u64) -> ReadSegment {
+        let (a_state, a_len) = self.active_map.run(pos, end - pos);
+        let (source, nblocks) = match a_state {
+            AllocState::Data => (Source::Active, a_len),
+            AllocState::Zero => (Source::Zero, a_len),
+            AllocState::Unallocated => {
+                let c = self.geo.cluster_of(pos);
+                let max_clusters = self.geo.cluster_of(end - 1) - c + 1;
+                let (h_state, h_len) = self.hidden_map.run(c, max_clusters);
+                let h_end = ((c + h_len) * self.geo.cluster_blocks).min(end);
+                let src = if h_state == AllocState::Data {
+                    Source::Hidden
+                } else {
+                    Source::Base
+                };
+                (src, a_len.min(h_end - pos))
+            }
+        };
+        ReadSegment {
+            source,
+            lba: pos,
+            nblocks,
+        }
+    }
+
+    pub fn plan_ingress_write(&self, lba: u64, nblocks: u64) -> IngressWritePlan {
+        match self.stage() {
+            Stage::None => IngressWritePlan::Direct,
+            Stage::Running => {
+                let cs = self.geo.clusters_of(lba, nblocks);
+                let want = cs.end - cs.start;
+                match self.hidden_map.run(cs.start, want) {
+                    (AllocState::Data, n) if n >= want => IngressWritePlan::Direct,
+                    _ => IngressWritePlan::Cow,
+                }
+            }
+            Stage::Failover | Stage::FailoverFailed | Stage::Done => IngressWritePlan::Refused,
+        }
+    }
+
+    pub fn plan_top_write(&self, lba: u64, nblocks: u64) -> TopWritePlan {
+        let overlay = || {
+            let mut any = false;
+            let mut all = true;
+            for c in self.geo.clusters_of(lba, nblocks) {
+                let has = self.cluster_has_overlay(c);
+                any |= has;
+                all &= has;
+            }
+            (any, all)
+        };
+        match self.stage() {
+            Stage::None => TopWritePlan::Refused,
+            Stage::Running => TopWritePlan::Active,
+            Stage::Done => TopWritePlan::Base,
+            Stage::Failover => match overlay() {
+                (false, _) => TopWritePlan::Base,
+                _ => TopWritePlan::Slow,
+            },
+            Stage::FailoverFailed => match overlay() {
+                (false, _) => TopWritePlan::Base,
+                (true, true) => TopWritePlan::Active,
+                (true, false) => TopWritePlan::Slow,
+            },
+        }
+    }
+
+    /// Records a completed write (or a zeroing) of top blocks in active.
+    pub fn mark_active(&self, lba: u64, nblocks: u64, state: AllocState) {
+        self.active_map.set_range(lba, nblocks, state);
+    }
+
+    /// After a base read planned for `seg` completed: the clusters whose copy finished in
+    /// the meantime (their base may already hold newer ingress data) must be read again from
+    /// hidden, which holds exactly the pre-write data. Calls `redo(lba, nblocks)` per piece.
+    pub fn revalidate_base_read(&self, seg: &ReadSegment, mut redo: impl FnMut(u64, u64)) {
+        if self.stage() != Stage::Running {
+            return;
+        }
+        let end = seg.lba + seg.nblocks;
+        for c in self.geo.clusters_of(seg.lba, seg.nblocks) {
+            if self.hidden_map.get(c) == AllocState::Data {
+                let (cs, clen) = self.geo.cluster_extent(c);
+                let from = cs.max(seg.lba);
+                let to = (cs + clen).min(end);
+                self.counters.read_revalidations.fetch_add(1, Relaxed);
+                redo(from, to - from);
+            }
+        }
+    }
+
+    fn check_buf(&self, lba: u64, buf: &D::Buf) -> Result<u64, IoError> {
+        let bs = self.geo.block_size as usize;
+        if buf.len() % bs != 0 {
+            return Err(IoError::OutOfRange);
+        }
+        let n = (buf.len() / bs) as u64;
+        if !self.geo.check_range(lba, n) {
+            return Err(IoError::OutOfRange);
+        }
+        Ok(n)
+    }
+
+    fn check_blocks(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
+        if self.geo.check_range(lba, nblocks) {
+            Ok(())
+        } else {
+            Err(IoError::OutOfRange)
+        }
+    }
+
+    fn sub(&self, buf: &D::Buf, from_lba: u64, lba: u64, nblocks: u64) -> D::Buf {
+        let bs = u64::from(self.geo.block_size);
+        buf.slice(((lba - from_lba) * bs) as usize, (nblocks * bs) as usize)
+    }
+
+    // ------------------------------------------------------------------ top (driver) --
+
+    pub async fn top_read(&self, lba: u64, buf: D::Buf) -> Result<(), IoError> {
+        let n = self.check_buf(lba, &buf)?;
+        let _io = self.gate.enter().await;
+        for seg in self.plan_top_read(lba, n)? {
+            let part = self.sub(&buf, lba, seg.lba, seg.nblocks);
+            match seg.source {
+                Source::Active => self.active.read(seg.lba, part).await?,
+                Source::Hidden => self.hidden.read(seg.lba, part).await?,
+                Source::Zero => part.fill_zero(),
+                Source::Base => {
+                    self.base.read(seg.lba, part).await?;
+                    let mut redo = Vec::new();
+                    self.revalidate_base_read(&seg, |l, k| redo.push((l, k)));
+                    for (l, k) in redo {
+                        self.hidden.read(l, self.sub(&buf, lba, l, k)).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn top_write(&self, lba: u64, buf: D::Buf) -> Result<(), IoError> {
+        self.check_buf(lba, &buf)?;
+        self.top_modify(lba, WriteOp::Data(buf)).await
+    }
+
+    pub async fn top_write_zeroes(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
+        self.check_blocks(lba, nblocks)?;
+        self.top_modify(lba, WriteOp::Zeroes(nblocks)).await
+    }
+
+    pub async fn top_unmap(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
+        self.check_blocks(lba, nblocks)?;
+        self.top_modify(lba, WriteOp::Unmap(nblocks)).await
+    }
+
+    pub async fn top_flush(&self) -> Result<(), IoError> {
+        let _io = self.gate.enter().await;
+        match self.stage() {
+            Stage::None => Err(IoError::Io),
+            Stage::Running => self.active.flush().await,
+            Stage::FailoverFailed => {
+                self.active.flush().await?;
+                self.base.flush().await
+            }
+            Stage::Failover | Stage::Done => self.base.flush().await,
+        }
+    }
+
+    /// Writes to active and marks the blocks, or marks them allocated-as-zero (no I/O).
+    async fn write_active(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
+        let n = op.nblocks(self.geo.block_size);
+        match op {
+            WriteOp::Data(buf) => {
+                self.active.write(lba, buf).await?;
+                self.mark_active(lba, n, AllocState::Data);
+            }
+            WriteOp::Zeroes(_) | WriteOp::Unmap(_) => self.mark_active(lba, n, AllocState::Zero),
+        }
+        Ok(())
+    }
+
+    async fn top_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
+        let _io = self.gate.enter().await;
+        let n = op.nblocks(self.geo.block_size);
+        match self.plan_top_write(lba, n) {
+            TopWritePlan::Refused => Err(IoError::Io),
+            TopWritePlan::Active => self.write_active(lba, op).await,
+            TopWritePlan::Base => op.issue(&self.base, lba).await,
+            TopWritePlan::Slow if self.stage() == Stage::Failover => {
+                // Merge every touched cluster that still has overlay data, then write
+                // through: the SVM's own writes thus push the merge forward.
+                for c in self.geo.clusters_of(lba, n) {
+                    if self.cluster_has_overlay(c) {
+                        let _c = self.clusters.lock(c).await;
+                        if self.cluster_has_overlay(c) {
+                            self.merge_cluster_or_fail(c).await.map_err(|_| IoError::Io)?;
+                        }
+                    }
+                }
+                op.issue(&self.base, lba).await
+            }
+            TopWritePlan::Slow => {
+                // failover_failed: clusters with overlay data take the write in active,
+                // the others go straight to base (spec 5.1).
+                let cb = self.geo.cluster_blocks;
+                let mut pos = lba;
+                let end = lba + n;
+                while pos < end {
+                    let to_active = self.cluster_has_overlay(self.geo.cluster_of(pos));
+                    let mut stop = pos;
+                    while stop < end && self.cluster_has_overlay(self.geo.cluster_of(stop)) == to_active {
+                        stop = (stop / cb + 1) * cb;
+                    }
+                    let stop = stop.min(end);
+                    let part = op.part(pos - lba, stop - pos, self.geo.block_size);
+                    if to_active {
+                        self.write_active(pos, part).await?;
+                    } else {
+                        part.issue(&self.base, pos).await?;
+                    }
+                    pos = stop;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // -------------------------------------------------------------- ingress (driver) --
+
+    pub async fn ingress_read(&self, lba: u64, buf: D::Buf) -> Result<(), IoError> {
+        self.check_buf(lba, &buf)?;
+        self.base.read(lba, buf).await
+    }
+
+    pub async fn ingress_write(&self, lba: u64, buf: D::Buf) -> Result<(), IoError> {
+        self.check_buf(lba, &buf)?;
+        self.ingress_modify(lba, WriteOp::Data(buf)).await
+    }
+
+    pub async fn ingress_write_zeroes(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
+        self.check_blocks(lba, nblocks)?;
+        self.ingress_modify(lba, WriteOp::Zeroes(nblocks)).await
+    }
+
+    pub async fn ingress_unmap(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
+        self.check_blocks(lba, nblocks)?;
+        self.ingress_modify(lba, WriteOp::Unmap(nblocks)).await
+    }
+
+    pub async fn ingress_flush(&self) -> Result<(), IoError> {
+        self.base.flush().await
+    }
+
+    async fn ingress_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
+        let _io = self.gate.enter().await;
+        let n = op.nblocks(self.geo.block_size);
+        match self.plan_ingress_write(lba, n) {
+            IngressWritePlan::Refused => {
+                self.counters.ingress_refused.fetch_add(1, Relaxed);
+                return Err(IoError::Io);
+            }
+            IngressWritePlan::Direct => {}
+            IngressWritePlan::Cow => {
+                for c in self.geo.clusters_of(lba, n) {
+                    self.copy_before_write(c).await?;
+                }
+            }
+        }
+        op.issue(&self.base, lba).await
+    }
+
+    /// Copies cluster `c` from base to hidden unless that already happened in this
+    /// checkpoint interval. Concurrent callers wait for the one copying, then find the
+    /// cluster allocated (or, if the copy failed, still armed, and copy again).
+    pub async fn copy_before_write(&self, c: u64) -> Result<(), IoError> {
+        if self.hidden_map.get(c) == AllocState::Data {
+            return Ok(());
+        }
+        let _c = self.clusters.lock(c).await;
+        if self.hidden_map.get(c) == AllocState::Data {
+            return Ok(());
+        }
+        let (start, len) = self.geo.cluster_extent(c);
+        let bytes = self.geo.bytes(len);
+        let buf = self.base.alloc_buf(bytes as usize);
+        let copied = async {
+            self.base.read(start, buf.clone()).await?;
+            self.hidden.write(start, buf).await
+        }
+        .await;
+        match copied {
+            Ok(()) => {
+                self.hidden_map.set_range(c, 1, AllocState::Data);
+                self.counters.cow_copies.fetch_add(1, Relaxed);
+                self.counters.cow_bytes.fetch_add(bytes, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.cow_failures.fetch_add(1, Relaxed);
+                tracing::warn!(cluster = c, error = %e, "copy-before-write failed; cluster stays armed");
+                Err(e)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ control path --
+
+    /// `start` (spec 5.6). Device existence and writability are the host's checks.
+    pub async fn start(&self, mode: Option<Mode>) -> Result<(), ReplicationError> {
+        let _ctl = self.control.lock().await;
+        match self.stage() {
+            Stage::None => {
+                if let Some(m) = mode.filter(|m| *m != Mode::Secondary) {
+                    return Err(ReplicationError::ModeMismatch {
+                        have: Mode::Secondary,
+                        got: m,
+                    });
+                }
+                let _hold = self.gate.hold().await;
+                self.empty_overlays();
+                self.error.store(false, SeqCst);
+                self.stage.set(Stage::Running);
+                tracing::info!("replication started (secondary)");
+                Ok(())
+            }
+            Stage::Running | Stage::FailoverFailed => Err(ReplicationError::RunningOrDone),
+            Stage::Failover | Stage::Done => Ok(()),
+        }
+    }
+
+    /// Re-arms COW for every cluster and empties both overlays: epoch bumps, O(1).
+    fn empty_overlays(&self) {
+        self.hidden_map.clear_all();
+        self.active_map.clear_all();
+    }
+
+    /// `checkpoint` (spec 5.3): holds new I/O, drains in-flight I/O, then empties.
+    pub async fn checkpoint(&self) -> Result<(), ReplicationError> {
+        let _ctl = self.control.lock().await;
+        match self.stage() {
+            Stage::Running => {
+                let _hold = self.gate.hold().await;
+                self.empty_overlays();
+                self.counters.checkpoints.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Stage::None | Stage::FailoverFailed => Err(ReplicationError::NotRunning),
+            Stage::Failover | Stage::Done => Ok(()),
+        }
+    }
+
+    /// `stop` (spec 5.4, 5.5). With failover this only switches to `failover`; the host
+    /// runs the merge with [`Secondary::merge_step`] as a background task.
+    pub async fn stop(&self, failover: bool) -> Result<(), ReplicationError> {
+        let _ctl = self.control.lock().await;
+        match (self.stage(), failover) {
+            (Stage::Running, false) => {
+                let _hold = self.gate.hold().await;
+                self.empty_overlays();
+                self.counters.checkpoints.fetch_add(1, Relaxed);
+                self.stage.set(Stage::Done);
+                tracing::info!("replication stopped without failover; top now serves the base");
+                Ok(())
+            }
+            (Stage::Running, true) | (Stage::FailoverFailed, true) => {
+                // Hold so that no ingress write that passed its stage check is still on its
+                // way to the base when the merge starts.
+                let _hold = self.gate.hold().await;
+                self.error.store(false, SeqCst);
+                self.merge_cursor.store(0, SeqCst);
+                self.merge_done.store(0, SeqCst);
+                self.merge_total.store(self.overlay_bytes(), SeqCst);
+                self.stage.set(Stage::Failover);
+                tracing::info!(total_bytes = self.merge_total.load(SeqCst), "failover: merge started");
+                Ok(())
+            }
+            (Stage::None, _) | (Stage::FailoverFailed, false) => Err(ReplicationError::NotRunning),
+            (Stage::Failover, _) | (Stage::Done, _) => Ok(()),
+        }
+    }
+
+    fn next_overlay_cluster(&self, from: u64) -> Option<u64> {
+        let cb = self.geo.cluster_blocks;
+        let h = self.hidden_map.next_allocated(from);
+        let a = self
+            .active_map
+            .next_allocated(from.saturating_mul(cb).min(self.geo.num_blocks))
+            .map(|b| b / cb);
+        match (h, a) {
+            (Some(h), Some(a)) => Some(h.min(a)),
+            (x, None) | (None, x) => x,
+        }
+    }
+
+    /// Bytes of the clusters that hold overlay data (what a merge has to copy).
+    fn overlay_bytes(&self) -> u64 {
+        let mut total = 0;
+        let mut c = 0;
+        while let Some(next) = self.next_overlay_cluster(c) {
+            total += self.geo.bytes(self.geo.cluster_extent(next).1);
+            c = next + 1;
+        }
+        total
+    }
+
+    /// One unit of the failover merge. Converges under any SVM write load: clusters only
+    /// ever leave the overlays during failover, and the cursor only moves forward.
+    pub async fn merge_step(&self) -> Result<MergeStep, ReplicationError> {
+        if self.stage() != Stage::Failover {
+            return Ok(MergeStep::Idle);
+        }
+        let cursor = self.merge_cursor.load(SeqCst);
+        match self.next_overlay_cluster(cursor) {
+            Some(c) => {
+                let _c = self.clusters.lock(c).await;
+                if self.stage() != Stage::Failover {
+                    return Ok(MergeStep::Idle);
+                }
+                if self.cluster_has_overlay(c) {
+                    self.merge_cluster_or_fail(c).await?;
+                }
+                self.merge_cursor.fetch_max(c + 1, SeqCst);
+                Ok(MergeStep::Progress)
+            }
+            None => self.finish_merge().await,
+        }
+    }
+
+    /// Runs the merge to its end (tests and simple hosts; SPDK drives `merge_step`).
+    pub async fn run_merge(&self) -> Result<(), ReplicationError> {
+        loop {
+            match self.merge_step().await? {
+                MergeStep::Progress => {}
+                MergeStep::Done | MergeStep::Idle => return Ok(()),
+            }
+        }
+    }
+
+    async fn finish_merge(&self) -> Result<MergeStep, ReplicationError> {
+        let _hold = self.gate.hold().await;
+        if self.stage() != Stage::Failover {
+            return Ok(MergeStep::Idle);
+        }
+        if let Some(c) = self.next_overlay_cluster(0) {
+            // Cannot happen (nothing allocates in the overlays during failover), but a
+            // missed cluster must never be dropped: rewind instead.
+            self.merge_cursor.store(c, SeqCst);
+            return Ok(MergeStep::Progress);
+        }
+        if let Err(e) = self.base.flush().await {
+            tracing::error!(error = %e, "failover: flushing the base failed");
+            self.fail_merge();
+            return Err(ReplicationError::Io);
+        }
+        self.empty_overlays();
+        self.stage.set(Stage::Done);
+        tracing::info!("failover complete: top now serves the base");
+        Ok(MergeStep::Done)
+    }
+
+    fn fail_merge(&self) {
+        self.counters.merge_failures.fetch_add(1, Relaxed);
+        self.error.store(true, SeqCst);
+        self.stage.set(Stage::FailoverFailed);
+    }
+
+    async fn merge_cluster_or_fail(&self, c: u64) -> Result<(), ReplicationError> {
+        match self.merge_cluster(c).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(cluster = c, error = %e, "failover: merge failed");
+                self.fail_merge();
+                Err(ReplicationError::Io)
+            }
+        }
+    }
+
+    /// Writes the SVM view of cluster `c` into the base, then drops the cluster from both
+    /// overlays. The caller owns the cluster lock.
+    async fn merge_cluster(&self, c: u64) -> Result<(), IoError> {
+        let (start, len) = self.geo.cluster_extent(c);
+        let bs = u64::from(self.geo.block_size);
+        let in_hidden = self.hidden_map.get(c) == AllocState::Data;
+        let whole = in_hidden.then(|| self.base.alloc_buf((len * bs) as usize));
+        if let Some(buf) = &whole {
+            self.hidden.read(start, buf.clone()).await?;
+        }
+        let mut pos = start;
+        while pos < start + len {
+            let (state, run) = self.active_map.run(pos, start + len - pos);
+            let bytes = (run * bs) as usize;
+            match (state, &whole) {
+                (AllocState::Unallocated, _) => {}
+                (AllocState::Data, Some(buf)) => {
+                    let part = buf.slice(((pos - start) * bs) as usize, bytes);
+                    self.active.read(pos, part).await?;
+                }
+                (AllocState::Zero, Some(buf)) => {
+                    buf.slice(((pos - start) * bs) as usize, bytes).fill_zero();
+                }
+                (AllocState::Data, None) => {
+                    let part = self.base.alloc_buf(bytes);
+                    self.active.read(pos, part.clone()).await?;
+                    self.base.write(pos, part).await?;
+                }
+                (AllocState::Zero, None) => self.base.write_zeroes(pos, run).await?,
+            }
+            pos += run;
+        }
+        if let Some(buf) = whole {
+            self.base.write(start, buf).await?;
+        }
+        self.active_map.set_range(start, len, AllocState::Unallocated);
+        self.hidden_map.set_range(c, 1, AllocState::Unallocated);
+        self.merge_done.fetch_add(len * bs, SeqCst);
+        self.counters.merged_clusters.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// True while a failover merge is in progress (a host's delete waits for this).
+    pub fn is_merging(&self) -> bool {
+        self.stage() == Stage::Failover
+    }
+}
+
+/// Iterator over the pieces of a top read; allocation-free.
+pub struct ReadSegments<'a, D: BlockDevice> {
+    sec: &'a Secondary<D>,
+    pos: u64,
+    end: u64,
+    base_only: bool,
+    peeked: Option<ReadSegment>,
+}
+
+impl<D: BlockDevice> Iterator for ReadSegments<'_, D> {
+    type Item = ReadSegment;
+
+    fn next(&mut self) -> Option<ReadSegment> {
+        if self.base_only {
+            if self.pos >= self.end {
+                return None;
+            }
+            let seg = ReadSegment {
+                source: Source::Base,
+                lba: self.pos,
+                nblocks: self.end - self.pos,
+            };
+            self.pos = self.end;
+            return Some(seg);
+        }
+        let mut seg = match self.peeked.take() {
+            Some(s) => s,
+            None if self.pos < self.end => {
+                let s = self.sec.segment_at(self.pos, self.end);
+                self.pos += s.nblocks;
+                s
+            }
+            None => return None,
+        };
+        while self.pos < self.end {
+            let next = self.sec.segment_at(self.pos, self.end);
+            self.pos += next.nblocks;
+            if next.source == seg.source {
+                seg.nblocks += next.nblocks;
+            } else {
+                self.peeked = Some(next);
+                break;
+            }
+        }
+        Some(seg)
+    }
+}
