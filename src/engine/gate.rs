@@ -63,7 +63,7 @@ impl IoGate {
     }
 
     pub fn try_enter(&self) -> Option<GateGuard<'_>> {
-        self.try_enter_raw().then_some(GateGuard(self))
+        self.try_enter_raw().then(|| GateGuard(self))
     }
 
     /// Waits while a hold is active, then admits the I/O.
