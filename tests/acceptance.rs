@@ -37,7 +37,10 @@ fn case01_before_start_top_fails_ingress_reaches_base() {
     assert_eq!(n.top_read(0, 4096), Err(IoError::Io));
     assert_eq!(n.top_write(0, 4096, 0x01), Err(IoError::Io));
     n.ingress_write(MIB, 8192, 0x5A).unwrap();
-    assert_runs(&n.base_bytes(MIB - 512, 8192 + 1024), &[(512, 0), (8192, 0x5A), (512, 0)]);
+    assert_runs(
+        &n.base_bytes(MIB - 512, 8192 + 1024),
+        &[(512, 0), (8192, 0x5A), (512, 0)],
+    );
     assert_runs(&n.ingress_read(MIB, 8192).unwrap(), &[(8192, 0x5A)]);
     assert_eq!(n.hidden_writes(), 0, "no COW before start");
 }
@@ -82,7 +85,10 @@ fn case06_failover_merges_svm_view_into_base() {
     block_on(n.sec.stop(true)).unwrap();
     assert_eq!(n.sec.stage(), Stage::Failover);
     let p = n.sec.merge_progress();
-    assert_eq!(p.total_bytes, DISK, "first half in active, second half in hidden");
+    assert_eq!(
+        p.total_bytes, DISK,
+        "first half in active, second half in hidden"
+    );
     assert_eq!(p.done_bytes, 0);
     // Ingress refused while merging, and nothing of it reaches the base.
     assert_eq!(n.ingress_write(0, 4096, 0x77), Err(IoError::Io));
@@ -120,7 +126,10 @@ fn case08_cow_granularity() {
     assert_eq!(n.sec.counters().cow_copies, 1);
     let log = n.hidden.log();
     assert_eq!(log.len(), 1);
-    assert_eq!((log[0].kind, log[0].lba, log[0].nblocks), (OpKind::Write, 5 * cb, cb));
+    assert_eq!(
+        (log[0].kind, log[0].lba, log[0].nblocks),
+        (OpKind::Write, 5 * cb, cb)
+    );
     // A second write to the same cluster copies nothing.
     n.ingress_write(5 * C64K, 4096, 0x23).unwrap();
     assert_eq!(n.sec.counters().cow_copies, 1);
@@ -134,8 +143,14 @@ fn case08_cow_granularity() {
     assert_eq!(n.sec.allocated().1, 3);
     assert_eq!(n.hidden_writes(), 3);
     // The SVM still sees the pre-write data of the copied clusters.
-    assert_runs(&n.top_read(5 * C64K, C64K).unwrap(), &[(512, 0x34), (C64K - 512, 0x11)]);
-    assert_runs(&n.top_read(9 * C64K, 2 * C64K).unwrap(), &[(2 * C64K, 0x11)]);
+    assert_runs(
+        &n.top_read(5 * C64K, C64K).unwrap(),
+        &[(512, 0x34), (C64K - 512, 0x11)],
+    );
+    assert_runs(
+        &n.top_read(9 * C64K, 2 * C64K).unwrap(),
+        &[(2 * C64K, 0x11)],
+    );
     // After a checkpoint the same cluster is copied again.
     block_on(n.sec.checkpoint()).unwrap();
     n.ingress_write(5 * C64K + 512, 512, 0x25).unwrap();
@@ -146,7 +161,10 @@ fn case08_cow_granularity() {
     block_on(odd.sec.start(None)).unwrap();
     odd.ingress_write(DISK - 8192, 512, 0x26).unwrap();
     let last = odd.hidden.log()[0];
-    assert_eq!((last.lba, last.nblocks), ((DISK - C64K) / 512, (C64K - 4096) / 512));
+    assert_eq!(
+        (last.lba, last.nblocks),
+        ((DISK - C64K) / 512, (C64K - 4096) / 512)
+    );
 }
 
 #[test]
@@ -162,7 +180,11 @@ fn case08_other_granularities() {
     }
 }
 
-fn primary() -> (Primary<spdk_replication::engine::testing::TestDisk>, spdk_replication::engine::testing::TestDisk, spdk_replication::engine::testing::TestDisk) {
+fn primary() -> (
+    Primary<spdk_replication::engine::testing::TestDisk>,
+    spdk_replication::engine::testing::TestDisk,
+    spdk_replication::engine::testing::TestDisk,
+) {
     let n = BLOCKS;
     let (local, remote) = (test_disk(BS, n), test_disk(BS, n));
     let p = Primary::new(local.clone(), remote.clone(), PrimaryConfig::default()).unwrap();
@@ -197,14 +219,20 @@ fn case09_primary_forwarding_and_error_capture() {
     // A failing remote leg: the caller's write succeeds, get_error reports it.
     remote.fail(&[OpKind::Write], None, Some(1));
     block_on(p.write(&rt, lba(3 * MIB), pattern(4096, 0x67))).unwrap();
-    assert_runs(&local.inner().contents(3 * MIB..3 * MIB + 4096), &[(4096, 0x67)]);
+    assert_runs(
+        &local.inner().contents(3 * MIB..3 * MIB + 4096),
+        &[(4096, 0x67)],
+    );
     assert_eq!(p.get_error(), Err(ReplicationError::Io));
     assert_eq!(p.get_error().unwrap_err().to_string(), "I/O error occurred");
     // Forwarding stops after the first failure, even though the remote works again.
     let writes_before = remote.count(OpKind::Write);
     block_on(p.write(&rt, lba(4 * MIB), pattern(4096, 0x68))).unwrap();
     assert_eq!(remote.count(OpKind::Write), writes_before);
-    assert_runs(&remote.inner().contents(4 * MIB..4 * MIB + 4096), &[(4096, 0x55)]);
+    assert_runs(
+        &remote.inner().contents(4 * MIB..4 * MIB + 4096),
+        &[(4096, 0x55)],
+    );
     assert_eq!(p.get_error(), Err(ReplicationError::Io), "sticky");
     // stop clears it.
     p.stop(false).unwrap();
@@ -214,9 +242,20 @@ fn case09_primary_forwarding_and_error_capture() {
     let (p, local, remote) = primary();
     p.start(None).unwrap();
     local.fail(&[OpKind::Write], None, Some(1));
-    assert_eq!(block_on(p.write(&rt, 0, pattern(4096, 0x69))), Err(IoError::Io));
-    assert_eq!(remote.count(OpKind::Write), 1, "the remote leg was still sent");
-    assert_eq!(p.get_error(), Ok(()), "a local failure is returned, not recorded");
+    assert_eq!(
+        block_on(p.write(&rt, 0, pattern(4096, 0x69))),
+        Err(IoError::Io)
+    );
+    assert_eq!(
+        remote.count(OpKind::Write),
+        1,
+        "the remote leg was still sent"
+    );
+    assert_eq!(
+        p.get_error(),
+        Ok(()),
+        "a local failure is returned, not recorded"
+    );
 }
 
 #[test]
@@ -232,7 +271,10 @@ fn case09_frozen_secondary_times_out_and_keeps_buffer_alive() {
     let data = pattern(4096, 0x7A);
     {
         let mut w = pin!(p.write(&rt, 0, data.clone()));
-        assert!(poll_once(w.as_mut()).is_pending(), "waits for the remote leg");
+        assert!(
+            poll_once(w.as_mut()).is_pending(),
+            "waits for the remote leg"
+        );
         rt.advance(Duration::from_millis(249));
         assert!(poll_once(w.as_mut()).is_pending());
         rt.advance(Duration::from_millis(1));
@@ -266,11 +308,17 @@ fn case10_stage_errors_secondary() {
     assert_eq!(block_on(n.sec.stop(true)), Err(NotRunning));
     assert_eq!(n.sec.get_error(), Err(NotRunning));
     assert_eq!(NotRunning.to_string(), "Block replication is not running");
-    assert!(matches!(block_on(n.sec.start(Some(Mode::Primary))), Err(ModeMismatch { .. })));
+    assert!(matches!(
+        block_on(n.sec.start(Some(Mode::Primary))),
+        Err(ModeMismatch { .. })
+    ));
     // running
     block_on(n.sec.start(Some(Mode::Secondary))).unwrap();
     assert_eq!(block_on(n.sec.start(None)), Err(RunningOrDone));
-    assert_eq!(RunningOrDone.to_string(), "Block replication is running or done");
+    assert_eq!(
+        RunningOrDone.to_string(),
+        "Block replication is running or done"
+    );
     assert_eq!(n.sec.get_error(), Ok(()));
     // failover: ingress refused, checkpoint/start/stop ignored
     n.top_write(0, 4096, 0x33).unwrap();
@@ -307,7 +355,10 @@ fn case10_stage_errors_primary() {
     assert_eq!(p.checkpoint(), Err(NotRunning));
     assert_eq!(p.stop(false), Err(NotRunning));
     assert_eq!(p.get_error(), Err(NotRunning));
-    assert!(matches!(p.start(Some(Mode::Secondary)), Err(ModeMismatch { .. })));
+    assert!(matches!(
+        p.start(Some(Mode::Secondary)),
+        Err(ModeMismatch { .. })
+    ));
     p.start(Some(Mode::Primary)).unwrap();
     assert_eq!(p.start(None), Err(RunningOrDone));
     assert_eq!(p.checkpoint(), Ok(()), "no-op on the primary");
@@ -328,7 +379,11 @@ fn case11_stop_without_failover_serves_base() {
     n.top_write(0, 4096, 0x44).unwrap();
     assert_runs(&n.base_bytes(0, 8192), &[(4096, 0x44), (4096, 0x11)]);
     assert_eq!(n.ingress_write(0, 512, 0x55), Err(IoError::Io));
-    assert_eq!(n.active.count(OpKind::Write), 1, "only case 4's write went to active");
+    assert_eq!(
+        n.active.count(OpKind::Write),
+        1,
+        "only case 4's write went to active"
+    );
 }
 
 /// SVM view reference: bytes of the whole disk.
@@ -361,7 +416,9 @@ fn case12_failover_converges_under_svm_load() {
     loop {
         // Several SVM writes between merge steps, many into not-yet-merged clusters.
         for _ in 0..4 {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let off = ((rng >> 20) % (DISK / 512 - 16)) * 512;
             let len = 512 * (1 + (rng >> 8) % 16);
             let byte = (rng >> 40) as u8;
@@ -379,7 +436,10 @@ fn case12_failover_converges_under_svm_load() {
     }
     assert_eq!(n.sec.stage(), Stage::Done);
     assert_eq!(n.sec.merge_progress().done_bytes, total);
-    assert!(n.base_bytes(0, DISK) == view.0, "base differs from the SVM view");
+    assert!(
+        n.base_bytes(0, DISK) == view.0,
+        "base differs from the SVM view"
+    );
     assert!(n.top_read(0, DISK).unwrap() == view.0);
 }
 
@@ -390,7 +450,11 @@ fn case13_failover_failure_split_writes_and_retry() {
     block_on(n.sec.top_write_zeroes(lba(MIB), 8)).unwrap();
     // The base fails writes to the last cluster of the first half.
     let bad = lba(HALF - C64K)..lba(HALF);
-    n.base.fail(&[OpKind::Write, OpKind::WriteZeroes], Some(bad.clone()), None);
+    n.base.fail(
+        &[OpKind::Write, OpKind::WriteZeroes],
+        Some(bad.clone()),
+        None,
+    );
     block_on(n.sec.stop(true)).unwrap();
     assert_eq!(block_on(n.sec.run_merge()), Err(ReplicationError::Io));
     assert_eq!(n.sec.stage(), Stage::FailoverFailed);
@@ -398,7 +462,10 @@ fn case13_failover_failure_split_writes_and_retry() {
     let mut want = vec![0x33u8; HALF as usize];
     want.extend(std::iter::repeat_n(0x11, HALF as usize));
     want[MIB as usize..MIB as usize + 4096].fill(0);
-    assert!(n.top_read(0, DISK).unwrap() == want, "view intact after a failed merge");
+    assert!(
+        n.top_read(0, DISK).unwrap() == want,
+        "view intact after a failed merge"
+    );
     // Writes split: a cluster still in the overlays goes to active, a merged one to base.
     n.base.clear_log();
     n.active.clear_log();
@@ -426,7 +493,10 @@ fn allocated_as_zero_never_falls_through() {
     block_on(n.sec.top_write_zeroes(lba(MIB), lba(8192))).unwrap();
     block_on(n.sec.top_unmap(lba(2 * MIB), lba(4096))).unwrap();
     assert_eq!(n.active.log().len(), 0, "zeroing is metadata only");
-    assert_runs(&n.top_read(MIB - 512, 8192 + 1024).unwrap(), &[(512, 0x11), (8192, 0), (512, 0x11)]);
+    assert_runs(
+        &n.top_read(MIB - 512, 8192 + 1024).unwrap(),
+        &[(512, 0x11), (8192, 0), (512, 0x11)],
+    );
     assert_runs(&n.top_read(2 * MIB, 4096).unwrap(), &[(4096, 0)]);
     n.top_write(MIB, 512, 0x12).unwrap();
     assert_runs(&n.top_read(MIB, 1024).unwrap(), &[(512, 0x12), (512, 0)]);
@@ -455,18 +525,46 @@ fn requests_outside_the_disk_are_rejected() {
     let n = started();
     assert_eq!(n.top_read(DISK - 512, 1024), Err(IoError::OutOfRange));
     assert_eq!(n.ingress_write(DISK, 512, 1), Err(IoError::OutOfRange));
-    assert_eq!(block_on(n.sec.top_write_zeroes(BLOCKS, 1)), Err(IoError::OutOfRange));
+    assert_eq!(
+        block_on(n.sec.top_write_zeroes(BLOCKS, 1)),
+        Err(IoError::OutOfRange)
+    );
 }
 
 #[test]
 fn construction_errors_name_the_parameter() {
     let base = test_disk(BS, BLOCKS);
-    let e = spdk_replication::engine::Secondary::new(base.clone(), test_disk(4096, BLOCKS / 8), test_disk(BS, BLOCKS), C64K)
-        .err()
-        .unwrap();
-    assert!(e.to_string().starts_with("hidden_bdev: block size 4096"), "{e}");
-    let e = spdk_replication::engine::Secondary::new(base.clone(), test_disk(BS, BLOCKS), test_disk(BS, 8), C64K).err().unwrap();
-    assert!(e.to_string().starts_with("active_bdev: size 8 blocks"), "{e}");
-    let e = spdk_replication::engine::Secondary::new(base, test_disk(BS, BLOCKS), test_disk(BS, BLOCKS), 3000).err().unwrap();
+    let e = spdk_replication::engine::Secondary::new(
+        base.clone(),
+        test_disk(4096, BLOCKS / 8),
+        test_disk(BS, BLOCKS),
+        C64K,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string().starts_with("hidden_bdev: block size 4096"),
+        "{e}"
+    );
+    let e = spdk_replication::engine::Secondary::new(
+        base.clone(),
+        test_disk(BS, BLOCKS),
+        test_disk(BS, 8),
+        C64K,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string().starts_with("active_bdev: size 8 blocks"),
+        "{e}"
+    );
+    let e = spdk_replication::engine::Secondary::new(
+        base,
+        test_disk(BS, BLOCKS),
+        test_disk(BS, BLOCKS),
+        3000,
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().starts_with("cow_granularity:"), "{e}");
 }

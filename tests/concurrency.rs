@@ -29,7 +29,10 @@ fn two_ingress_writes_to_one_cluster_copy_it_once() {
     let mut b = pin!(n.sec.ingress_write(lba(c + 4096), pattern(1024, 0x22)));
     assert!(poll_once(a.as_mut()).is_pending());
     assert_eq!(copy_read.arrived(), 1);
-    assert!(poll_once(b.as_mut()).is_pending(), "second writer waits for the copy");
+    assert!(
+        poll_once(b.as_mut()).is_pending(),
+        "second writer waits for the copy"
+    );
     assert!(poll_once(b.as_mut()).is_pending());
     assert_eq!(n.base.count(OpKind::Read), 1, "only one copy started");
     copy_read.open();
@@ -39,7 +42,13 @@ fn two_ingress_writes_to_one_cluster_copy_it_once() {
     assert_eq!(n.hidden_writes(), 1);
     assert_runs(
         &n.base_bytes(c, 8192),
-        &[(512, 0x11), (512, 0x21), (3072, 0x11), (1024, 0x22), (3072, 0x11)],
+        &[
+            (512, 0x11),
+            (512, 0x21),
+            (3072, 0x11),
+            (1024, 0x22),
+            (3072, 0x11),
+        ],
     );
     assert_runs(&n.top_read(c, C64K).unwrap(), &[(C64K, 0x11)]);
 }
@@ -55,8 +64,15 @@ fn waiter_redoes_a_failed_copy() {
     assert!(poll_once(a.as_mut()).is_pending());
     assert!(poll_once(b.as_mut()).is_pending());
     copy_read.open();
-    assert!(matches!(poll_once(a.as_mut()), Poll::Ready(Err(_))), "failed copy fails A");
-    assert_eq!(poll_once(b.as_mut()), Poll::Ready(Ok(())), "B copies again and succeeds");
+    assert!(
+        matches!(poll_once(a.as_mut()), Poll::Ready(Err(_))),
+        "failed copy fails A"
+    );
+    assert_eq!(
+        poll_once(b.as_mut()),
+        Poll::Ready(Ok(())),
+        "B copies again and succeeds"
+    );
     assert_eq!(n.sec.counters().cow_copies, 1);
     assert_eq!(n.sec.counters().cow_failures, 1);
     assert_runs(&n.base_bytes(c, 1024), &[(512, 0x11), (512, 0x22)]);
@@ -107,7 +123,10 @@ fn checkpoint_waits_for_in_flight_io_and_holds_new_io() {
     let mut w1 = pin!(n.sec.top_write(0, pattern(4096, 0x33)));
     assert!(poll_once(w1.as_mut()).is_pending());
     let mut ckpt = pin!(n.sec.checkpoint());
-    assert!(poll_once(ckpt.as_mut()).is_pending(), "drains in-flight I/O");
+    assert!(
+        poll_once(ckpt.as_mut()).is_pending(),
+        "drains in-flight I/O"
+    );
     assert!(n.sec.gate().is_held());
     let mut w2 = pin!(n.sec.top_write(lba(8192), pattern(4096, 0x34)));
     assert!(poll_once(w2.as_mut()).is_pending(), "new I/O is held");
@@ -119,7 +138,10 @@ fn checkpoint_waits_for_in_flight_io_and_holds_new_io() {
     assert_eq!(poll_once(w2.as_mut()), Poll::Ready(Ok(())));
     assert_eq!(poll_once(ingress.as_mut()), Poll::Ready(Ok(())));
     // w1 finished before the checkpoint, so it was dropped; w2 came after and stays.
-    assert_runs(&n.top_read(0, 12288).unwrap(), &[(8192, 0x11), (4096, 0x34)]);
+    assert_runs(
+        &n.top_read(0, 12288).unwrap(),
+        &[(8192, 0x11), (4096, 0x34)],
+    );
     // The ingress write ran after the re-arm, so it copied.
     assert_eq!(n.sec.counters().cow_copies, 1);
     assert_runs(&n.top_read(C64K, 512).unwrap(), &[(512, 0x11)]);
@@ -135,13 +157,22 @@ fn svm_write_waits_for_the_merge_of_its_cluster() {
     let mut step = pin!(n.sec.merge_step());
     assert!(poll_once(step.as_mut()).is_pending());
     let mut w = pin!(n.sec.top_write(lba(512), pattern(512, 0x44)));
-    assert!(poll_once(w.as_mut()).is_pending(), "waits for the cluster's merge");
+    assert!(
+        poll_once(w.as_mut()).is_pending(),
+        "waits for the cluster's merge"
+    );
     merge_write.open();
-    assert_eq!(poll_once(step.as_mut()), Poll::Ready(Ok(MergeStep::Progress)));
+    assert_eq!(
+        poll_once(step.as_mut()),
+        Poll::Ready(Ok(MergeStep::Progress))
+    );
     assert_eq!(poll_once(w.as_mut()), Poll::Ready(Ok(())));
     block_on(n.sec.run_merge()).unwrap();
     assert_eq!(n.sec.stage(), Stage::Done);
-    assert_runs(&n.base_bytes(0, C64K), &[(512, 0x33), (512, 0x44), (C64K - 1024, 0x33)]);
+    assert_runs(
+        &n.base_bytes(0, C64K),
+        &[(512, 0x33), (512, 0x44), (C64K - 1024, 0x33)],
+    );
 }
 
 #[test]
@@ -151,7 +182,10 @@ fn failover_waits_for_in_flight_ingress_write() {
     let mut w = pin!(n.sec.ingress_write(lba(C64K), pattern(512, 0x22)));
     assert!(poll_once(w.as_mut()).is_pending());
     let mut stop = pin!(n.sec.stop(true));
-    assert!(poll_once(stop.as_mut()).is_pending(), "stage switch waits for the ingress write");
+    assert!(
+        poll_once(stop.as_mut()).is_pending(),
+        "stage switch waits for the ingress write"
+    );
     assert_eq!(n.sec.stage(), Stage::Running);
     ingress_base_write.open();
     assert_eq!(poll_once(w.as_mut()), Poll::Ready(Ok(())));

@@ -13,13 +13,36 @@ const DISK_BLOCKS: u64 = 256; // 128 KiB keeps 1000 cases fast while spanning ma
 
 #[derive(Debug, Clone)]
 enum Op {
-    Ingress { lba: u64, n: u64, byte: u8 },
-    IngressZeroes { lba: u64, n: u64 },
-    Top { lba: u64, n: u64, byte: u8 },
-    TopZeroes { lba: u64, n: u64 },
-    TopUnmap { lba: u64, n: u64 },
-    ReadTop { lba: u64, n: u64 },
-    ReadIngress { lba: u64, n: u64 },
+    Ingress {
+        lba: u64,
+        n: u64,
+        byte: u8,
+    },
+    IngressZeroes {
+        lba: u64,
+        n: u64,
+    },
+    Top {
+        lba: u64,
+        n: u64,
+        byte: u8,
+    },
+    TopZeroes {
+        lba: u64,
+        n: u64,
+    },
+    TopUnmap {
+        lba: u64,
+        n: u64,
+    },
+    ReadTop {
+        lba: u64,
+        n: u64,
+    },
+    ReadIngress {
+        lba: u64,
+        n: u64,
+    },
     Checkpoint,
     /// Starts the failover; later ops interleave with merge steps.
     Failover,
@@ -101,12 +124,22 @@ fn run(granularity: u64, initial: u8, ops: Vec<Op>) -> Result<(), TestCaseError>
             }
             Op::ReadTop { lba, n } => {
                 let got = read(|b| block_on(sec.top_read(lba, b)), n);
-                prop_assert!(got == view[span(lba, n)], "top read {}+{} differs from the SVM view", lba, n);
+                prop_assert!(
+                    got == view[span(lba, n)],
+                    "top read {}+{} differs from the SVM view",
+                    lba,
+                    n
+                );
             }
             Op::ReadIngress { lba, n } => {
                 let got = read(|b| block_on(sec.ingress_read(lba, b)), n);
                 if !failed_over {
-                    prop_assert!(got == model_base[span(lba, n)], "ingress read {}+{} differs from base", lba, n);
+                    prop_assert!(
+                        got == model_base[span(lba, n)],
+                        "ingress read {}+{} differs from base",
+                        lba,
+                        n
+                    );
                 }
             }
             Op::Checkpoint => {
@@ -133,7 +166,10 @@ fn run(granularity: u64, initial: u8, ops: Vec<Op>) -> Result<(), TestCaseError>
     prop_assert_eq!(sec.stage(), Stage::Done);
     let p = sec.merge_progress();
     prop_assert_eq!(p.done_bytes, p.total_bytes);
-    prop_assert!(base.inner().contents(0..all) == view, "base after failover differs from the SVM view");
+    prop_assert!(
+        base.inner().contents(0..all) == view,
+        "base after failover differs from the SVM view"
+    );
     let got = read(|b| block_on(sec.top_read(0, b)), DISK_BLOCKS);
     prop_assert!(got == view);
     Ok(())

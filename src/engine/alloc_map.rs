@@ -69,7 +69,11 @@ impl AllocMap {
 
     fn word_bits(&self, wi: u64, epoch: u32) -> u32 {
         let w = self.words[wi as usize].load(Ordering::Acquire);
-        if (w >> 32) as u32 == epoch { w as u32 } else { 0 }
+        if (w >> 32) as u32 == epoch {
+            w as u32
+        } else {
+            0
+        }
     }
 
     fn epoch(&self) -> u32 {
@@ -98,7 +102,11 @@ impl AllocMap {
             let word = &self.words[wi as usize];
             let mut cur = word.load(Ordering::Acquire);
             loop {
-                let bits = if (cur >> 32) as u32 == epoch { cur as u32 } else { 0 };
+                let bits = if (cur >> 32) as u32 == epoch {
+                    cur as u32
+                } else {
+                    0
+                };
                 let new = (u64::from(epoch) << 32) | u64::from((bits & !mask) | (pattern & mask));
                 if new == cur {
                     break;
@@ -171,7 +179,8 @@ impl AllocMap {
     }
 
     pub fn any_allocated(&self, first: u64, count: u64) -> bool {
-        self.next_allocated(first).is_some_and(|g| g < first + count)
+        self.next_allocated(first)
+            .is_some_and(|g| g < first + count)
     }
 
     /// Number of allocated granules; O(map size), for status and tests.
@@ -189,7 +198,13 @@ impl AllocMap {
 
 /// Bits of slots `lo..hi` of a word.
 fn slot_mask(lo: u64, hi: u64) -> u32 {
-    let span = |n: u64| if n >= PER_WORD { u32::MAX } else { (1u32 << (n * 2)) - 1 };
+    let span = |n: u64| {
+        if n >= PER_WORD {
+            u32::MAX
+        } else {
+            (1u32 << (n * 2)) - 1
+        }
+    };
     span(hi) & !span(lo)
 }
 

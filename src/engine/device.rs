@@ -110,7 +110,9 @@ impl<B: IoBuf> WriteOp<B> {
     pub(crate) fn part(&self, skip: u64, nblocks: u64, block_size: u32) -> Self {
         let bs = u64::from(block_size);
         match self {
-            WriteOp::Data(b) => WriteOp::Data(b.slice((skip * bs) as usize, (nblocks * bs) as usize)),
+            WriteOp::Data(b) => {
+                WriteOp::Data(b.slice((skip * bs) as usize, (nblocks * bs) as usize))
+            }
             WriteOp::Zeroes(_) => WriteOp::Zeroes(nblocks),
             WriteOp::Unmap(_) => WriteOp::Unmap(nblocks),
         }

@@ -55,10 +55,11 @@ impl IoGate {
     }
 
     pub fn exit(&self) {
-        if self.in_flight.fetch_sub(1, SeqCst) == 1 && self.held.load(SeqCst) {
-            if let Some(w) = self.waiters.lock().unwrap().drain.take() {
-                w.wake();
-            }
+        if self.in_flight.fetch_sub(1, SeqCst) == 1
+            && self.held.load(SeqCst)
+            && let Some(w) = self.waiters.lock().unwrap().drain.take()
+        {
+            w.wake();
         }
     }
 
@@ -72,7 +73,11 @@ impl IoGate {
             if let Some(g) = self.try_enter() {
                 return Poll::Ready(g);
             }
-            self.waiters.lock().unwrap().held_io.push(cx.waker().clone());
+            self.waiters
+                .lock()
+                .unwrap()
+                .held_io
+                .push(cx.waker().clone());
             // Re-check after registering: a release in between would otherwise be missed.
             match self.try_enter() {
                 Some(g) => Poll::Ready(g),

@@ -22,9 +22,9 @@ pub use device::{BlockDevice, IoBuf, IoError, Runtime};
 pub use error::ReplicationError;
 pub use gate::{GateGuard, IoGate};
 pub use geometry::Geometry;
-pub use primary::{Primary, PrimaryConfig, PrimaryWritePlan, DEFAULT_REMOTE_TIMEOUT_MS};
+pub use primary::{DEFAULT_REMOTE_TIMEOUT_MS, Primary, PrimaryConfig, PrimaryWritePlan};
 pub use secondary::{
-    DEFAULT_COW_GRANULARITY, IngressWritePlan, MergeProgress, MergeStep, ReadSegment,
-    ReadSegments, Secondary, SecondaryCounters, Source, TopWritePlan,
+    DEFAULT_COW_GRANULARITY, IngressWritePlan, MergeProgress, MergeStep, ReadSegment, ReadSegments,
+    Secondary, SecondaryCounters, Source, TopWritePlan,
 };
 pub use stage::{Mode, Stage};

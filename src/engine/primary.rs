@@ -146,7 +146,10 @@ impl<D: BlockDevice + Clone> Primary<D> {
         }
         self.error.store(true, SeqCst);
         if !self.link_broken.swap(true, SeqCst) {
-            tracing::warn!(timed_out, "remote leg failed: replication link broken, continuing locally");
+            tracing::warn!(
+                timed_out,
+                "remote leg failed: replication link broken, continuing locally"
+            );
         }
     }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
 /// Default COW cluster size in bytes; see README "COW granularity" for the measurement.
-pub const DEFAULT_COW_GRANULARITY: u64 = 64 * 1024;
+pub const DEFAULT_COW_GRANULARITY: u64 = 16 * 1024;
 
 /// Where a piece of a top read comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,7 +444,9 @@ impl<D: BlockDevice> Secondary<D> {
                     if self.cluster_has_overlay(c) {
                         let _c = self.clusters.lock(c).await;
                         if self.cluster_has_overlay(c) {
-                            self.merge_cluster_or_fail(c).await.map_err(|_| IoError::Io)?;
+                            self.merge_cluster_or_fail(c)
+                                .await
+                                .map_err(|_| IoError::Io)?;
                         }
                     }
                 }
@@ -459,7 +461,9 @@ impl<D: BlockDevice> Secondary<D> {
                 while pos < end {
                     let to_active = self.cluster_has_overlay(self.geo.cluster_of(pos));
                     let mut stop = pos;
-                    while stop < end && self.cluster_has_overlay(self.geo.cluster_of(stop)) == to_active {
+                    while stop < end
+                        && self.cluster_has_overlay(self.geo.cluster_of(stop)) == to_active
+                    {
                         stop = (stop / cb + 1) * cb;
                     }
                     let stop = stop.min(end);
@@ -512,9 +516,13 @@ impl<D: BlockDevice> Secondary<D> {
             }
             IngressWritePlan::Direct => {}
             IngressWritePlan::Cow => {
-                for c in self.geo.clusters_of(lba, n) {
-                    self.copy_before_write(c).await?;
-                }
+                // Clusters copy concurrently; each copy holds only its own cluster lock,
+                // so no ordering between writers can deadlock.
+                let copies = self
+                    .geo
+                    .clusters_of(lba, n)
+                    .map(|c| self.copy_before_write(c));
+                futures::future::try_join_all(copies).await?;
             }
         }
         op.issue(&self.base, lba).await
@@ -622,7 +630,10 @@ impl<D: BlockDevice> Secondary<D> {
                 self.merge_done.store(0, SeqCst);
                 self.merge_total.store(self.overlay_bytes(), SeqCst);
                 self.stage.set(Stage::Failover);
-                tracing::info!(total_bytes = self.merge_total.load(SeqCst), "failover: merge started");
+                tracing::info!(
+                    total_bytes = self.merge_total.load(SeqCst),
+                    "failover: merge started"
+                );
                 Ok(())
             }
             (Stage::None, _) | (Stage::FailoverFailed, false) => Err(ReplicationError::NotRunning),
@@ -761,7 +772,8 @@ impl<D: BlockDevice> Secondary<D> {
         if let Some(buf) = whole {
             self.base.write(start, buf).await?;
         }
-        self.active_map.set_range(start, len, AllocState::Unallocated);
+        self.active_map
+            .set_range(start, len, AllocState::Unallocated);
         self.hidden_map.set_range(c, 1, AllocState::Unallocated);
         self.merge_done.fetch_add(len * bs, SeqCst);
         self.counters.merged_clusters.fetch_add(1, Relaxed);

@@ -71,7 +71,9 @@ impl std::str::FromStr for Mode {
         match s {
             "primary" => Ok(Mode::Primary),
             "secondary" => Ok(Mode::Secondary),
-            other => Err(format!("must be \"primary\" or \"secondary\", got \"{other}\"")),
+            other => Err(format!(
+                "must be \"primary\" or \"secondary\", got \"{other}\""
+            )),
         }
     }
 }

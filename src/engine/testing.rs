@@ -130,12 +130,59 @@ impl BlockDevice for MemDisk {
         std::future::ready(r)
     }
     fn write_zeroes(&self, lba: u64, nblocks: u64) -> impl Future<Output = Result<(), IoError>> {
-        let r = self.span(lba, nblocks).map(|span| self.data.lock().unwrap()[span].fill(0));
+        let r = self
+            .span(lba, nblocks)
+            .map(|span| self.data.lock().unwrap()[span].fill(0));
         std::future::ready(r)
     }
     fn unmap(&self, lba: u64, nblocks: u64) -> impl Future<Output = Result<(), IoError>> {
         // Unmapped blocks of a RAM disk read back as zeros, like SPDK's malloc bdev.
         self.write_zeroes(lba, nblocks)
+    }
+    fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A device that stores nothing: reads return zeros, writes are dropped. Lets benchmarks
+/// build engines over disks far larger than memory.
+pub struct NullDisk {
+    block_size: u32,
+    num_blocks: u64,
+}
+
+impl NullDisk {
+    pub fn new(block_size: u32, num_blocks: u64) -> Self {
+        NullDisk {
+            block_size,
+            num_blocks,
+        }
+    }
+}
+
+impl BlockDevice for NullDisk {
+    type Buf = MemBuf;
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+    fn alloc_buf(&self, len: usize) -> MemBuf {
+        MemBuf::zeroed(len)
+    }
+    fn read(&self, _lba: u64, buf: MemBuf) -> impl Future<Output = Result<(), IoError>> {
+        buf.fill_zero();
+        std::future::ready(Ok(()))
+    }
+    fn write(&self, _lba: u64, _buf: MemBuf) -> impl Future<Output = Result<(), IoError>> {
+        std::future::ready(Ok(()))
+    }
+    fn write_zeroes(&self, _lba: u64, _n: u64) -> impl Future<Output = Result<(), IoError>> {
+        std::future::ready(Ok(()))
+    }
+    fn unmap(&self, _lba: u64, _n: u64) -> impl Future<Output = Result<(), IoError>> {
+        std::future::ready(Ok(()))
     }
     fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
         std::future::ready(Ok(()))
@@ -233,12 +280,23 @@ impl<D: BlockDevice> Faulty<D> {
         self.add(kinds, blocks, count, Action::Fail);
     }
     /// Holds matching operations on the returned latch until it opens.
-    pub fn hold(&self, kinds: &[OpKind], blocks: Option<Range<u64>>, count: Option<usize>) -> Arc<Latch> {
+    pub fn hold(
+        &self,
+        kinds: &[OpKind],
+        blocks: Option<Range<u64>>,
+        count: Option<usize>,
+    ) -> Arc<Latch> {
         let latch = Arc::new(Latch::default());
         self.add(kinds, blocks, count, Action::Hold(latch.clone()));
         latch
     }
-    fn add(&self, kinds: &[OpKind], blocks: Option<Range<u64>>, remaining: Option<usize>, action: Action) {
+    fn add(
+        &self,
+        kinds: &[OpKind],
+        blocks: Option<Range<u64>>,
+        remaining: Option<usize>,
+        action: Action,
+    ) {
         self.rules.lock().unwrap().push(Rule {
             kinds: kinds.to_vec(),
             blocks,
@@ -256,11 +314,19 @@ impl<D: BlockDevice> Faulty<D> {
         self.log.lock().unwrap().clear();
     }
     pub fn count(&self, kind: OpKind) -> usize {
-        self.log.lock().unwrap().iter().filter(|r| r.kind == kind).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == kind)
+            .count()
     }
 
     fn check(&self, kind: OpKind, lba: u64, nblocks: u64) -> Option<Action> {
-        self.log.lock().unwrap().push(OpRecord { kind, lba, nblocks });
+        self.log
+            .lock()
+            .unwrap()
+            .push(OpRecord { kind, lba, nblocks });
         let mut rules = self.rules.lock().unwrap();
         let hit = rules.iter_mut().position(|r| {
             r.kinds.contains(&kind)
@@ -313,23 +379,17 @@ impl<D: BlockDevice> BlockDevice for Faulty<D> {
             self.inner.write(lba, buf).await
         }
     }
-    fn write_zeroes(&self, lba: u64, nblocks: u64) -> impl Future<Output = Result<(), IoError>> {
-        async move {
-            self.gate(OpKind::WriteZeroes, lba, nblocks).await?;
-            self.inner.write_zeroes(lba, nblocks).await
-        }
+    async fn write_zeroes(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
+        self.gate(OpKind::WriteZeroes, lba, nblocks).await?;
+        self.inner.write_zeroes(lba, nblocks).await
     }
-    fn unmap(&self, lba: u64, nblocks: u64) -> impl Future<Output = Result<(), IoError>> {
-        async move {
-            self.gate(OpKind::Unmap, lba, nblocks).await?;
-            self.inner.unmap(lba, nblocks).await
-        }
+    async fn unmap(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
+        self.gate(OpKind::Unmap, lba, nblocks).await?;
+        self.inner.unmap(lba, nblocks).await
     }
-    fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
-        async move {
-            self.gate(OpKind::Flush, 0, 0).await?;
-            self.inner.flush().await
-        }
+    async fn flush(&self) -> Result<(), IoError> {
+        self.gate(OpKind::Flush, 0, 0).await?;
+        self.inner.flush().await
     }
 }
 
@@ -340,11 +400,14 @@ pub fn test_disk(block_size: u32, num_blocks: u64) -> TestDisk {
     Arc::new(Faulty::new(MemDisk::new(block_size, num_blocks)))
 }
 
+/// Deadline (ms), fired flag, waiter.
+type Timer = (u64, Arc<AtomicBool>, Option<Waker>);
+
 /// Single-threaded runtime with a manual clock, for deterministic timeout tests.
 #[derive(Default)]
 pub struct TestRuntime {
     now_ms: Cell<u64>,
-    timers: RefCell<Vec<(u64, Arc<AtomicBool>, Option<Waker>)>>,
+    timers: RefCell<Vec<Timer>>,
     tasks: RefCell<Vec<Pin<Box<dyn Future<Output = ()>>>>>,
 }
 
@@ -354,10 +417,11 @@ impl TestRuntime {
         self.now_ms.set(self.now_ms.get() + d.as_millis() as u64);
         let now = self.now_ms.get();
         for (deadline, fired, waker) in self.timers.borrow_mut().iter_mut() {
-            if *deadline <= now && !fired.swap(true, SeqCst) {
-                if let Some(w) = waker.take() {
-                    w.wake();
-                }
+            if *deadline <= now
+                && !fired.swap(true, SeqCst)
+                && let Some(w) = waker.take()
+            {
+                w.wake();
             }
         }
     }
@@ -378,7 +442,11 @@ impl Runtime for TestRuntime {
         let fired = Arc::new(AtomicBool::new(false));
         let idx = {
             let mut timers = self.timers.borrow_mut();
-            timers.push((self.now_ms.get() + d.as_millis() as u64, fired.clone(), None));
+            timers.push((
+                self.now_ms.get() + d.as_millis() as u64,
+                fired.clone(),
+                None,
+            ));
             timers.len() - 1
         };
         poll_fn(move |cx| {

@@ -23,8 +23,13 @@ pub struct Node {
 pub fn node_with(disk_bytes: u64, cow_granularity: u64) -> Node {
     let n = disk_bytes / u64::from(BS);
     let (base, hidden, active) = (test_disk(BS, n), test_disk(BS, n), test_disk(BS, n));
-    let sec = Secondary::new(base.clone(), hidden.clone(), active.clone(), cow_granularity)
-        .expect("valid geometry");
+    let sec = Secondary::new(
+        base.clone(),
+        hidden.clone(),
+        active.clone(),
+        cow_granularity,
+    )
+    .expect("valid geometry");
     Node {
         sec,
         base,
