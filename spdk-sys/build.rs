@@ -1,0 +1,162 @@
+//! Finds SPDK, generates bindings and builds the C shim.
+//!
+//! Discovery, in order: `pkg-config` as the environment sets it up (`PKG_CONFIG_PATH`),
+//! then `$SPDK_DIR` (an install prefix or a built source tree), then `/opt/spdk` and
+//! `/usr/local`. Without SPDK the crate builds empty with one warning; dependents see
+//! `DEP_SPDK_FOUND=0` and compile their SPDK parts out.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+/// The SPDK libraries an application with the bdev, NVMe-oF target and vhost-blk
+/// subsystems needs; `spdk_event_bdev` brings every bdev module (malloc, nvme, passthru,
+/// raid, ...) and its RPCs.
+const PACKAGES: &[&str] = &[
+    "spdk_event_bdev",
+    "spdk_event_accel",
+    "spdk_event_nvmf",
+    "spdk_event_vhost_blk",
+    "spdk_bdev_malloc",
+    "spdk_bdev_nvme",
+    "spdk_bdev_passthru",
+    "spdk_bdev_raid",
+    "spdk_event",
+    "spdk_jsonrpc",
+    "spdk_rpc",
+    "spdk_sock_posix",
+    "spdk_env_dpdk",
+    "spdk_env_dpdk_rpc",
+];
+
+fn candidate_pkgconfig_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = env::var_os("SPDK_DIR") {
+        let d = PathBuf::from(d);
+        dirs.push(d.join("lib/pkgconfig"));
+        dirs.push(d.join("build/lib/pkgconfig"));
+    }
+    dirs.push("/opt/spdk/lib/pkgconfig".into());
+    dirs.push("/usr/local/lib/pkgconfig".into());
+    dirs
+}
+
+fn probe(extra_dir: Option<&Path>) -> Option<pkg_config::Library> {
+    if let Some(dir) = extra_dir {
+        if !dir.join("spdk_bdev.pc").exists() {
+            return None;
+        }
+        let path = match env::var_os("PKG_CONFIG_PATH") {
+            Some(p) => env::join_paths(std::iter::once(dir.to_path_buf()).chain(env::split_paths(&p))).ok()?,
+            None => dir.as_os_str().to_owned(),
+        };
+        // SAFETY: build scripts are single-threaded.
+        unsafe { env::set_var("PKG_CONFIG_PATH", path) };
+    }
+    let mut cfg = pkg_config::Config::new();
+    cfg.cargo_metadata(false).statik(false);
+    let mut merged: Option<pkg_config::Library> = None;
+    for pkg in PACKAGES {
+        let lib = cfg.probe(pkg).ok()?;
+        match merged.as_mut() {
+            None => merged = Some(lib),
+            Some(m) => {
+                for l in lib.libs {
+                    if !m.libs.contains(&l) {
+                        m.libs.push(l);
+                    }
+                }
+                for p in lib.link_paths {
+                    if !m.link_paths.contains(&p) {
+                        m.link_paths.push(p);
+                    }
+                }
+            }
+        }
+    }
+    let sys = cfg.probe("spdk_syslibs").ok()?;
+    let m = merged.as_mut()?;
+    for l in sys.libs {
+        if !m.libs.contains(&l) {
+            m.libs.push(l);
+        }
+    }
+    merged
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=SPDK_DIR");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    println!("cargo:rerun-if-changed=shim");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+
+    let lib = probe(None).or_else(|| {
+        candidate_pkgconfig_dirs()
+            .iter()
+            .find_map(|d| probe(Some(d)))
+    });
+    let Some(lib) = lib else {
+        println!(
+            "cargo:warning=SPDK not found (looked via pkg-config/PKG_CONFIG_PATH, $SPDK_DIR, \
+             /opt/spdk, /usr/local): building without the SPDK host"
+        );
+        std::fs::write(out.join("bindings.rs"), "").unwrap();
+        println!("cargo:found=0");
+        return;
+    };
+
+    let include_dirs = lib.include_paths.clone();
+    let libdir = lib
+        .link_paths
+        .first()
+        .cloned()
+        .expect("SPDK's pkg-config names its library directory");
+
+    // Bindings: only what the replication module and its application use.
+    let mut b = bindgen::Builder::default()
+        .header("shim/wrapper.h")
+        .clang_arg("-Ishim")
+        .allowlist_function("spdk_sys_.*")
+        .allowlist_function("spdk_bdev_.*")
+        .allowlist_function("spdk_(get|put)_io_channel")
+        .allowlist_function("spdk_io_(device_register|device_unregister|channel_get_thread)")
+        .allowlist_function("spdk_(get_thread|thread_send_msg|thread_get_name|thread_get_app_thread)")
+        .allowlist_function("spdk_poller_(register|unregister)")
+        .allowlist_function("spdk_(get_ticks|get_ticks_hz)")
+        .allowlist_function("spdk_(dma_zmalloc|dma_free)")
+        .allowlist_function("spdk_app_.*")
+        .allowlist_function("spdk_json_write_.*")
+        .allowlist_function("spdk_jsonrpc_(begin_result|end_result|send_error_response|send_bool_response)")
+        .allowlist_function("spdk_rpc_register_method")
+        .allowlist_type("spdk_bdev_io_status")
+        .allowlist_type("spdk_bdev_event_type")
+        .allowlist_var("SPDK_RPC_RUNTIME|SPDK_RPC_STARTUP")
+        .allowlist_var("SPDK_JSONRPC_ERROR_.*")
+        .opaque_type("spdk_bdev_ext_io_opts")
+        .wrap_unsafe_ops(true)
+        .derive_default(true)
+        .prepend_enum_name(false)
+        .layout_tests(false)
+        .generate_comments(false);
+    for d in &include_dirs {
+        b = b.clang_arg(format!("-I{}", d.display()));
+    }
+    b.generate()
+        .expect("bindgen over SPDK's headers")
+        .write_to_file(out.join("bindings.rs"))
+        .unwrap();
+
+    let mut cc = cc::Build::new();
+    cc.file("shim/shim.c").include("shim").warnings(false);
+    for d in &include_dirs {
+        cc.include(d);
+    }
+    cc.compile("spdk_sys_shim");
+
+    // Linking is left to the final crate (`DEP_SPDK_LIBS`): SPDK's libraries must be linked
+    // with --no-as-needed, since modules, RPCs and transports register themselves from
+    // constructors that nothing references, and only link args can say that on stable.
+    println!("cargo:rustc-cfg=spdk");
+    println!("cargo:found=1");
+    println!("cargo:libdir={}", libdir.display());
+    println!("cargo:libs={}", lib.libs.join(" "));
+}
