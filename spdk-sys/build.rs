@@ -121,6 +121,8 @@ fn main() {
         .allowlist_function("spdk_io_(device_register|device_unregister|channel_get_thread)")
         .allowlist_function("spdk_(get_thread|thread_send_msg|thread_get_name|thread_get_app_thread)")
         .allowlist_function("spdk_poller_(register|unregister)")
+        .allowlist_function("spdk_for_each_channel(_continue)?")
+        .allowlist_function("spdk_io_channel_iter_(get_channel|get_ctx|get_io_device)")
         .allowlist_function("spdk_(get_ticks|get_ticks_hz)")
         .allowlist_function("spdk_(dma_zmalloc|dma_free)")
         .allowlist_function("spdk_app_.*")

@@ -5,3 +5,6 @@
 //! channels, pollers and RPCs onto it.
 
 pub mod engine;
+
+#[cfg(spdk)]
+pub mod host;

@@ -153,6 +153,11 @@ impl<D: BlockDevice + Clone> Primary<D> {
         }
     }
 
+    /// The remote leg went away (hot-remove): record it for the current run.
+    pub fn break_link(&self) {
+        self.record_remote_failure(self.link_gen.load(SeqCst), false);
+    }
+
     pub fn get_error(&self) -> Result<(), ReplicationError> {
         match self.stage() {
             Stage::None => Err(ReplicationError::NotRunning),

@@ -289,6 +289,11 @@ impl<D: BlockDevice> Secondary<D> {
         }
     }
 
+    /// For hosts that refuse an ingress write on their own fast path.
+    pub fn count_ingress_refused(&self) {
+        self.counters.ingress_refused.fetch_add(1, Relaxed);
+    }
+
     pub fn plan_top_write(&self, lba: u64, nblocks: u64) -> TopWritePlan {
         let overlay = || {
             let mut any = false;
@@ -511,7 +516,7 @@ impl<D: BlockDevice> Secondary<D> {
         let n = op.nblocks(self.geo.block_size);
         match self.plan_ingress_write(lba, n) {
             IngressWritePlan::Refused => {
-                self.counters.ingress_refused.fetch_add(1, Relaxed);
+                self.count_ingress_refused();
                 return Err(IoError::Io);
             }
             IngressWritePlan::Direct => {}

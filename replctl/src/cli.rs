@@ -1,0 +1,495 @@
+//! Command-line definition and its mapping to JSON-RPC requests.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::api::{
+    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, Request, StartParams,
+    StopParams,
+};
+use crate::client::DEFAULT_SOCKET;
+
+/// Control COLO block replication bdevs of a running SPDK application.
+#[derive(Debug, Parser)]
+#[command(name = "replctl", version)]
+pub struct Cli {
+    /// JSON-RPC Unix socket of the SPDK application
+    #[arg(short, long, global = true, env = "REPLCTL_SOCKET",
+          help_heading = "Global options", value_name = "PATH",
+          default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Timeout of each request, in seconds
+    #[arg(short, long, global = true,
+          help_heading = "Global options", value_name = "SECS",
+          default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a replication bdev
+    Create(CreateArgs),
+    /// Delete a replication bdev
+    Delete {
+        /// Replication bdev name
+        name: String,
+    },
+    /// Start replication (all bdevs if NAME is omitted)
+    Start {
+        /// Replication bdev name
+        name: Option<String>,
+        /// Mode to start replication in
+        #[arg(long)]
+        mode: Option<Mode>,
+    },
+    /// Take a checkpoint (all bdevs if NAME is omitted)
+    Checkpoint {
+        /// Replication bdev name
+        name: Option<String>,
+    },
+    /// Stop replication (all bdevs if NAME is omitted)
+    Stop {
+        /// Replication bdev name
+        name: Option<String>,
+        /// Fail over rather than just stop (a secondary merges its active disk into its base)
+        #[arg(long)]
+        failover: bool,
+        /// Wait, showing progress, until the failover merge has finished
+        #[arg(long, requires = "failover")]
+        wait: bool,
+    },
+    /// Show replication status (all bdevs if NAME is omitted)
+    Status {
+        /// Replication bdev name
+        name: Option<String>,
+        /// Print the raw JSON result
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each bdev's stage and last error
+    GetError {
+        /// Replication bdev name
+        name: Option<String>,
+    },
+    /// Call any JSON-RPC method and print its result as JSON
+    Rpc {
+        /// Method name, e.g. bdev_get_bdevs
+        method: String,
+        /// Params as a JSON object or array, e.g. '{"name":"r0"}'
+        #[arg(value_name = "PARAMS_JSON", value_parser = parse_json)]
+        params: Option<Value>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name of the new bdev
+    #[arg(long)]
+    pub name: String,
+    /// Role of the new bdev
+    #[arg(long)]
+    pub mode: Mode,
+
+    /// Local bdev written through on the primary
+    #[arg(long, value_name = "BDEV", help_heading = "Primary options")]
+    pub local_bdev: Option<String>,
+    /// Bdev reaching the secondary (e.g. NVMe-oF), mirrored to
+    #[arg(long, value_name = "BDEV", help_heading = "Primary options")]
+    pub remote_bdev: Option<String>,
+    /// Timeout of remote writes, in milliseconds
+    #[arg(long, value_name = "MS", help_heading = "Primary options")]
+    pub remote_timeout_ms: Option<u64>,
+
+    /// Base image on the secondary
+    #[arg(long, value_name = "BDEV", help_heading = "Secondary options")]
+    pub base_bdev: Option<String>,
+    /// Hidden (copy-on-write) disk on the secondary
+    #[arg(long, value_name = "BDEV", help_heading = "Secondary options")]
+    pub hidden_bdev: Option<String>,
+    /// Active disk on the secondary
+    #[arg(long, value_name = "BDEV", help_heading = "Secondary options")]
+    pub active_bdev: Option<String>,
+    /// Name of the bdev receiving the primary's writes [default: <NAME>_ingress]
+    #[arg(long, value_name = "NAME", help_heading = "Secondary options")]
+    pub ingress_name: Option<String>,
+    /// Copy-on-write granularity, in bytes
+    #[arg(long, value_name = "BYTES", help_heading = "Secondary options")]
+    pub cow_granularity: Option<u64>,
+}
+
+/// An option combination clap cannot express: which bdev options are
+/// required or allowed depends on the value of `--mode`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    #[error("{option} is required with --mode {mode}")]
+    Missing { option: &'static str, mode: Mode },
+    #[error("{option} is only valid with --mode {mode}")]
+    WrongMode { option: &'static str, mode: Mode },
+}
+
+fn parse_json(s: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(s)
+}
+
+impl Command {
+    /// The JSON-RPC request this command sends first.
+    pub fn request(&self) -> Result<Request, UsageError> {
+        Ok(match self {
+            Command::Create(args) => Request::new(api::CREATE, &args.params()?),
+            Command::Delete { name } => {
+                Request::new(api::DELETE, &DeleteParams { name: name.clone() })
+            }
+            Command::Start { name, mode } => Request::new(
+                api::START,
+                &StartParams {
+                    name: name.clone(),
+                    mode: *mode,
+                },
+            ),
+            Command::Checkpoint { name } => Request::new(api::CHECKPOINT, &name_params(name)),
+            Command::Stop { name, failover, .. } => Request::new(
+                api::STOP,
+                &StopParams {
+                    name: name.clone(),
+                    failover: *failover,
+                },
+            ),
+            Command::Status { name, .. } => Request::new(api::GET_STATUS, &name_params(name)),
+            Command::GetError { name } => Request::new(api::GET_ERROR, &name_params(name)),
+            // Sent verbatim: the operator chose the exact params.
+            Command::Rpc { method, params } => Request {
+                method: method.clone(),
+                params: params.clone(),
+            },
+        })
+    }
+}
+
+fn name_params(name: &Option<String>) -> NameParams {
+    NameParams { name: name.clone() }
+}
+
+impl CreateArgs {
+    fn params(&self) -> Result<CreateParams, UsageError> {
+        let role = match self.mode {
+            Mode::Primary => {
+                reject(
+                    Mode::Secondary,
+                    &[
+                        ("--base-bdev", self.base_bdev.is_some()),
+                        ("--hidden-bdev", self.hidden_bdev.is_some()),
+                        ("--active-bdev", self.active_bdev.is_some()),
+                        ("--ingress-name", self.ingress_name.is_some()),
+                        ("--cow-granularity", self.cow_granularity.is_some()),
+                    ],
+                )?;
+                CreateRole::Primary {
+                    local_bdev: require(&self.local_bdev, "--local-bdev", Mode::Primary)?,
+                    remote_bdev: require(&self.remote_bdev, "--remote-bdev", Mode::Primary)?,
+                    remote_timeout_ms: self.remote_timeout_ms,
+                }
+            }
+            Mode::Secondary => {
+                reject(
+                    Mode::Primary,
+                    &[
+                        ("--local-bdev", self.local_bdev.is_some()),
+                        ("--remote-bdev", self.remote_bdev.is_some()),
+                        ("--remote-timeout-ms", self.remote_timeout_ms.is_some()),
+                    ],
+                )?;
+                CreateRole::Secondary {
+                    base_bdev: require(&self.base_bdev, "--base-bdev", Mode::Secondary)?,
+                    hidden_bdev: require(&self.hidden_bdev, "--hidden-bdev", Mode::Secondary)?,
+                    active_bdev: require(&self.active_bdev, "--active-bdev", Mode::Secondary)?,
+                    ingress_name: self.ingress_name.clone(),
+                    cow_granularity: self.cow_granularity,
+                }
+            }
+        };
+        Ok(CreateParams {
+            name: self.name.clone(),
+            role,
+        })
+    }
+}
+
+fn require(value: &Option<String>, option: &'static str, mode: Mode) -> Result<String, UsageError> {
+    value.clone().ok_or(UsageError::Missing { option, mode })
+}
+
+/// Fails on the first of `options` (all belonging to `mode`) that was given.
+fn reject(mode: Mode, options: &[(&'static str, bool)]) -> Result<(), UsageError> {
+    match options.iter().find(|(_, given)| *given) {
+        Some(&(option, _)) => Err(UsageError::WrongMode { option, mode }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(args: &[&str]) -> Result<Request, UsageError> {
+        let cli = Cli::try_parse_from(std::iter::once("replctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?} did not parse: {e}"));
+        cli.command.request()
+    }
+
+    fn expect(args: &[&str], method: &str, params: Option<Value>) {
+        assert_eq!(
+            request(args).unwrap(),
+            Request {
+                method: method.to_owned(),
+                params
+            },
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn create_primary() {
+        expect(
+            &[
+                "create",
+                "--name",
+                "r0",
+                "--mode",
+                "primary",
+                "--local-bdev",
+                "nvme0n1",
+                "--remote-bdev",
+                "nvmf0n1",
+            ],
+            "bdev_replication_create",
+            Some(
+                json!({"name": "r0", "mode": "primary", "local_bdev": "nvme0n1",
+                        "remote_bdev": "nvmf0n1"}),
+            ),
+        );
+        expect(
+            &[
+                "create",
+                "--name",
+                "r0",
+                "--mode",
+                "primary",
+                "--local-bdev",
+                "L",
+                "--remote-bdev",
+                "R",
+                "--remote-timeout-ms",
+                "5000",
+            ],
+            "bdev_replication_create",
+            Some(json!({"name": "r0", "mode": "primary", "local_bdev": "L",
+                        "remote_bdev": "R", "remote_timeout_ms": 5000})),
+        );
+    }
+
+    #[test]
+    fn create_secondary() {
+        expect(
+            &[
+                "create",
+                "--name",
+                "s0",
+                "--mode",
+                "secondary",
+                "--base-bdev",
+                "B",
+                "--hidden-bdev",
+                "H",
+                "--active-bdev",
+                "A",
+            ],
+            "bdev_replication_create",
+            Some(json!({"name": "s0", "mode": "secondary", "base_bdev": "B",
+                        "hidden_bdev": "H", "active_bdev": "A"})),
+        );
+        expect(
+            &[
+                "create",
+                "--name",
+                "s0",
+                "--mode",
+                "secondary",
+                "--base-bdev",
+                "B",
+                "--hidden-bdev",
+                "H",
+                "--active-bdev",
+                "A",
+                "--ingress-name",
+                "in0",
+                "--cow-granularity",
+                "65536",
+            ],
+            "bdev_replication_create",
+            Some(json!({"name": "s0", "mode": "secondary", "base_bdev": "B",
+                        "hidden_bdev": "H", "active_bdev": "A", "ingress_name": "in0",
+                        "cow_granularity": 65536})),
+        );
+    }
+
+    #[test]
+    fn create_validation() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "--mode",
+                    "secondary",
+                    "--hidden-bdev",
+                    "H",
+                    "--active-bdev",
+                    "A",
+                ],
+                "--base-bdev is required with --mode secondary",
+            ),
+            (
+                &[
+                    "--mode",
+                    "secondary",
+                    "--base-bdev",
+                    "B",
+                    "--hidden-bdev",
+                    "H",
+                ],
+                "--active-bdev is required with --mode secondary",
+            ),
+            (
+                &["--mode", "primary", "--local-bdev", "L"],
+                "--remote-bdev is required with --mode primary",
+            ),
+            (
+                &[
+                    "--mode",
+                    "secondary",
+                    "--base-bdev",
+                    "B",
+                    "--hidden-bdev",
+                    "H",
+                    "--active-bdev",
+                    "A",
+                    "--local-bdev",
+                    "L",
+                ],
+                "--local-bdev is only valid with --mode primary",
+            ),
+            (
+                &[
+                    "--mode",
+                    "secondary",
+                    "--base-bdev",
+                    "B",
+                    "--hidden-bdev",
+                    "H",
+                    "--active-bdev",
+                    "A",
+                    "--remote-timeout-ms",
+                    "10",
+                ],
+                "--remote-timeout-ms is only valid with --mode primary",
+            ),
+            (
+                &[
+                    "--mode",
+                    "primary",
+                    "--local-bdev",
+                    "L",
+                    "--remote-bdev",
+                    "R",
+                    "--cow-granularity",
+                    "4096",
+                ],
+                "--cow-granularity is only valid with --mode secondary",
+            ),
+        ];
+        for (args, message) in cases {
+            let args: Vec<&str> = ["create", "--name", "x"]
+                .iter()
+                .chain(*args)
+                .copied()
+                .collect();
+            let err = request(&args).unwrap_err();
+            assert_eq!(err.to_string(), *message, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn simple_commands() {
+        expect(
+            &["delete", "r0"],
+            "bdev_replication_delete",
+            Some(json!({"name": "r0"})),
+        );
+        expect(&["start"], "bdev_replication_start", None);
+        expect(
+            &["start", "r0", "--mode", "secondary"],
+            "bdev_replication_start",
+            Some(json!({"name": "r0", "mode": "secondary"})),
+        );
+        expect(&["checkpoint"], "bdev_replication_checkpoint", None);
+        expect(
+            &["checkpoint", "r0"],
+            "bdev_replication_checkpoint",
+            Some(json!({"name": "r0"})),
+        );
+        expect(&["status"], "bdev_replication_get_status", None);
+        expect(
+            &["status", "r0", "--json"],
+            "bdev_replication_get_status",
+            Some(json!({"name": "r0"})),
+        );
+        expect(&["get-error"], "bdev_replication_get_error", None);
+        expect(
+            &["get-error", "r0"],
+            "bdev_replication_get_error",
+            Some(json!({"name": "r0"})),
+        );
+    }
+
+    #[test]
+    fn stop_always_sends_failover() {
+        expect(
+            &["stop"],
+            "bdev_replication_stop",
+            Some(json!({"failover": false})),
+        );
+        expect(
+            &["stop", "r0", "--failover", "--wait"],
+            "bdev_replication_stop",
+            Some(json!({"name": "r0", "failover": true})),
+        );
+        let err = Cli::try_parse_from(["replctl", "stop", "--wait"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn raw_rpc() {
+        expect(&["rpc", "spdk_get_version"], "spdk_get_version", None);
+        expect(
+            &["rpc", "bdev_get_bdevs", r#"{"name":"r0"}"#],
+            "bdev_get_bdevs",
+            Some(json!({"name": "r0"})),
+        );
+        let err = Cli::try_parse_from(["replctl", "rpc", "m", "{bad"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn global_options() {
+        let cli =
+            Cli::try_parse_from(["replctl", "status", "-s", "/tmp/x.sock", "-t", "5"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(cli.timeout, 5);
+        assert!(Cli::try_parse_from(["replctl", "-t", "0", "status"]).is_err());
+    }
+}

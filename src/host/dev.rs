@@ -1,0 +1,291 @@
+//! The engine's `BlockDevice` over an SPDK bdev descriptor, for slow paths: each operation
+//! takes the current thread's channel, submits, waits for the completion callback, and
+//! queues itself on `-ENOMEM` until the bdev has resources again.
+
+use crate::engine::{BlockDevice, IoBuf, IoError};
+use spdk_sys as s;
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::c_void;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::task::{Context, Poll, Waker};
+
+const ENOMEM: i32 = 12;
+
+/// DMA-able memory from SPDK's allocator.
+struct DmaAlloc(*mut u8);
+
+impl Drop for DmaAlloc {
+    fn drop(&mut self) {
+        // SAFETY: allocated by spdk_dma_zmalloc and freed once.
+        unsafe { s::spdk_dma_free(self.0.cast()) };
+    }
+}
+
+/// A view of I/O memory: either SPDK DMA memory the buffer owns (kept alive by every
+/// clone), or a guest request's buffer, valid while that request is outstanding.
+#[derive(Clone)]
+pub struct SpdkBuf {
+    ptr: *mut u8,
+    len: usize,
+    _owner: Option<Rc<DmaAlloc>>,
+}
+
+impl SpdkBuf {
+    pub fn alloc(len: usize) -> Self {
+        // SAFETY: plain allocation; a null result is checked.
+        let ptr = unsafe { s::spdk_dma_zmalloc(len.max(1), 4096, std::ptr::null_mut()) } as *mut u8;
+        assert!(!ptr.is_null(), "out of DMA memory for {len} bytes");
+        SpdkBuf {
+            ptr,
+            len,
+            _owner: Some(Rc::new(DmaAlloc(ptr))),
+        }
+    }
+
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid while any clone is in use.
+    pub unsafe fn borrowed(ptr: *mut u8, len: usize) -> Self {
+        SpdkBuf {
+            ptr,
+            len,
+            _owner: None,
+        }
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl IoBuf for SpdkBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn slice(&self, offset: usize, len: usize) -> Self {
+        assert!(offset + len <= self.len);
+        SpdkBuf {
+            // SAFETY: in bounds, checked above.
+            ptr: unsafe { self.ptr.add(offset) },
+            len,
+            _owner: self._owner.clone(),
+        }
+    }
+    fn fill_zero(&self) {
+        // SAFETY: the engine zero-fills only buffers no device is using.
+        unsafe { std::ptr::write_bytes(self.ptr, 0, self.len) };
+    }
+}
+
+pub struct DevInner {
+    pub name: String,
+    desc: AtomicPtr<s::spdk_bdev_desc>,
+    pub bdev: *mut s::spdk_bdev,
+    block_size: u32,
+    num_blocks: u64,
+}
+
+// SAFETY: a descriptor may be used from any SPDK thread to get that thread's channel;
+// the rest is immutable.
+unsafe impl Send for DevInner {}
+unsafe impl Sync for DevInner {}
+
+/// An opened (and claimed) bdev, shared by the node's engine and its channels.
+#[derive(Clone)]
+pub struct SpdkDev(pub Arc<DevInner>);
+
+impl SpdkDev {
+    pub fn new(name: &str, desc: *mut s::spdk_bdev_desc) -> Self {
+        // SAFETY: `desc` is open.
+        let bdev = unsafe { s::spdk_bdev_desc_get_bdev(desc) };
+        // SAFETY: `bdev` is alive while the descriptor is open.
+        let (block_size, num_blocks) =
+            unsafe { (s::spdk_bdev_get_block_size(bdev), s::spdk_bdev_get_num_blocks(bdev)) };
+        SpdkDev(Arc::new(DevInner {
+            name: name.to_owned(),
+            desc: AtomicPtr::new(desc),
+            bdev,
+            block_size,
+            num_blocks,
+        }))
+    }
+
+    pub fn desc(&self) -> *mut s::spdk_bdev_desc {
+        self.0.desc.load(Ordering::Acquire)
+    }
+
+    /// Forgets the descriptor (it was closed after a hot-remove): later operations fail.
+    pub fn take_desc(&self) -> *mut s::spdk_bdev_desc {
+        self.0.desc.swap(std::ptr::null_mut(), Ordering::AcqRel)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn op(&self, submit: Submit) -> Op {
+        Op {
+            state: Rc::new(OpState {
+                dev: self.clone(),
+                submit,
+                ch: Cell::new(std::ptr::null_mut()),
+                done: Cell::new(None),
+                waker: Cell::new(None),
+                wait: UnsafeCell::new(s::spdk_bdev_io_wait_entry::default()),
+            }),
+            started: false,
+        }
+    }
+}
+
+type Submit = Box<
+    dyn Fn(*mut s::spdk_bdev_desc, *mut s::spdk_io_channel, *mut c_void) -> i32,
+>;
+
+struct OpState {
+    dev: SpdkDev,
+    submit: Submit,
+    ch: Cell<*mut s::spdk_io_channel>,
+    done: Cell<Option<bool>>,
+    waker: Cell<Option<Waker>>,
+    wait: UnsafeCell<s::spdk_bdev_io_wait_entry>,
+}
+
+impl OpState {
+    fn finish(&self, ok: bool) {
+        let ch = self.ch.replace(std::ptr::null_mut());
+        if !ch.is_null() {
+            // SAFETY: taken in `submit` on this thread.
+            unsafe { s::spdk_put_io_channel(ch) };
+        }
+        self.done.set(Some(ok));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Submits; the callback (or the io_wait retry) receives one reference to `self`.
+    fn submit(self: &Rc<Self>) {
+        let desc = self.dev.desc();
+        if desc.is_null() {
+            self.finish(false);
+            return;
+        }
+        if self.ch.get().is_null() {
+            // SAFETY: valid descriptor, on an SPDK thread.
+            let ch = unsafe { s::spdk_bdev_get_io_channel(desc) };
+            if ch.is_null() {
+                self.finish(false);
+                return;
+            }
+            self.ch.set(ch);
+        }
+        let arg = Rc::into_raw(self.clone()) as *mut c_void;
+        let rc = (self.submit)(desc, self.ch.get(), arg);
+        if rc == 0 {
+            return;
+        }
+        // SAFETY: the submission failed, so the callback will never take `arg` back.
+        let me = unsafe { Rc::from_raw(arg as *const OpState) };
+        if rc == -ENOMEM {
+            // SAFETY: the entry lives in `me`, kept alive by the reference the retry owns.
+            unsafe {
+                let wait = &mut *me.wait.get();
+                wait.bdev = me.dev.0.bdev;
+                wait.cb_fn = Some(op_retry);
+                wait.cb_arg = Rc::into_raw(me.clone()) as *mut c_void;
+                if s::spdk_bdev_queue_io_wait(wait.bdev, me.ch.get(), wait) != 0 {
+                    drop(Rc::from_raw(wait.cb_arg as *const OpState));
+                    me.finish(false);
+                }
+            }
+        } else {
+            me.finish(false);
+        }
+    }
+}
+
+unsafe extern "C" fn op_retry(arg: *mut c_void) {
+    // SAFETY: the reference queued in `submit`.
+    let st = unsafe { Rc::from_raw(arg as *const OpState) };
+    st.submit();
+}
+
+unsafe extern "C" fn op_done(bdev_io: *mut s::spdk_bdev_io, success: bool, arg: *mut c_void) {
+    // SAFETY: the reference passed at submission; the child I/O is ours to free.
+    unsafe {
+        s::spdk_bdev_free_io(bdev_io);
+        let st = Rc::from_raw(arg as *const OpState);
+        st.finish(success);
+    }
+}
+
+/// One device operation as a future.
+pub struct Op {
+    state: Rc<OpState>,
+    started: bool,
+}
+
+impl Future for Op {
+    type Output = Result<(), IoError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(ok) = self.state.done.get() {
+            return Poll::Ready(if ok { Ok(()) } else { Err(IoError::Io) });
+        }
+        self.state.waker.set(Some(cx.waker().clone()));
+        if !self.started {
+            self.started = true;
+            self.state.submit();
+            if let Some(ok) = self.state.done.get() {
+                return Poll::Ready(if ok { Ok(()) } else { Err(IoError::Io) });
+            }
+        }
+        Poll::Pending
+    }
+}
+
+const CB: s::spdk_bdev_io_completion_cb = Some(op_done);
+
+impl BlockDevice for SpdkDev {
+    type Buf = SpdkBuf;
+    fn block_size(&self) -> u32 {
+        self.0.block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.num_blocks
+    }
+    fn alloc_buf(&self, len: usize) -> SpdkBuf {
+        SpdkBuf::alloc(len)
+    }
+    fn read(&self, lba: u64, buf: SpdkBuf) -> impl Future<Output = Result<(), IoError>> {
+        let n = buf.len() as u64 / u64::from(self.0.block_size);
+        self.op(Box::new(move |d, ch, arg| unsafe {
+            s::spdk_bdev_read_blocks(d, ch, buf.as_ptr().cast(), lba, n, CB, arg)
+        }))
+    }
+    fn write(&self, lba: u64, buf: SpdkBuf) -> impl Future<Output = Result<(), IoError>> {
+        let n = buf.len() as u64 / u64::from(self.0.block_size);
+        self.op(Box::new(move |d, ch, arg| unsafe {
+            s::spdk_bdev_write_blocks(d, ch, buf.as_ptr().cast(), lba, n, CB, arg)
+        }))
+    }
+    fn write_zeroes(&self, lba: u64, n: u64) -> impl Future<Output = Result<(), IoError>> {
+        self.op(Box::new(move |d, ch, arg| unsafe {
+            s::spdk_bdev_write_zeroes_blocks(d, ch, lba, n, CB, arg)
+        }))
+    }
+    fn unmap(&self, lba: u64, n: u64) -> impl Future<Output = Result<(), IoError>> {
+        self.op(Box::new(move |d, ch, arg| unsafe {
+            s::spdk_bdev_unmap_blocks(d, ch, lba, n, CB, arg)
+        }))
+    }
+    fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
+        let n = self.0.num_blocks;
+        self.op(Box::new(move |d, ch, arg| unsafe {
+            s::spdk_bdev_flush_blocks(d, ch, 0, n, CB, arg)
+        }))
+    }
+}

@@ -1,0 +1,874 @@
+//! The data path: bdev_io → engine plans → child I/O on the claimed bdevs.
+//!
+//! The common cases are submitted straight from `submit_request` with C callbacks and no
+//! allocation: a top read served by one overlay or the base, a top write to active, an
+//! ingress write whose clusters are already copied, every primary read and write. The
+//! rest (COW, multi-source reads, merging writes, failover-failed splits, flush) runs as an
+//! engine future on the reactor.
+
+use super::dev::SpdkBuf;
+use super::exec;
+use super::json;
+use super::node::{Kind, Node, OurBdev, Role};
+use crate::engine::{
+    AllocState, BlockDevice, IngressWritePlan, IoError, PrimaryWritePlan, ReadSegment, Source,
+    TopWritePlan,
+};
+use spdk_sys as s;
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::ptr::null_mut;
+use std::rc::Rc;
+
+const ENOMEM: i32 = 12;
+
+pub static FN_TABLE: s::spdk_bdev_fn_table = s::spdk_bdev_fn_table {
+    destruct: Some(super::node::destruct),
+    submit_request: Some(submit_request),
+    io_type_supported: Some(io_type_supported),
+    get_io_channel: Some(get_io_channel),
+    dump_info_json: Some(dump_info_json),
+    write_config_json: Some(write_config_json),
+    get_spin_time: None,
+    get_module_ctx: None,
+    get_memory_domains: None,
+    get_memory_domain_types: None,
+    reset_device_stat: None,
+    dump_device_stat_json: None,
+    accel_sequence_supported: None,
+};
+
+/// Per-request context (SPDK's `driver_ctx`).
+#[repr(C)]
+pub struct IoCtx {
+    wait: s::spdk_bdev_io_wait_entry,
+    ch: *mut s::spdk_io_channel,
+    pending: u32,
+    failed: bool,
+    seg_lba: u64,
+    seg_blocks: u64,
+}
+
+/// Per-thread channel of a node: the claimed bdevs' channels on this thread.
+#[repr(C)]
+pub struct Channel {
+    node: *const Node,
+    /// base, hidden, active (secondary) or local, remote (primary).
+    legs: [*mut s::spdk_io_channel; 3],
+    remote: Option<Rc<RemoteShared>>,
+    poller: *mut s::spdk_poller,
+}
+
+unsafe fn ctx_of(bdev_io: *mut s::spdk_bdev_io) -> &'static mut IoCtx {
+    unsafe { &mut *((*bdev_io).driver_ctx.as_mut_ptr() as *mut IoCtx) }
+}
+
+unsafe fn our_bdev(bdev_io: *mut s::spdk_bdev_io) -> &'static OurBdev {
+    unsafe { &*((*(*bdev_io).bdev).ctxt as *const OurBdev) }
+}
+
+unsafe fn complete(bdev_io: *mut s::spdk_bdev_io, ok: bool) {
+    let st = if ok { s::SPDK_BDEV_IO_STATUS_SUCCESS } else { s::SPDK_BDEV_IO_STATUS_FAILED };
+    unsafe { s::spdk_bdev_io_complete(bdev_io, st) };
+}
+
+struct Req {
+    ty: u32,
+    lba: u64,
+    blocks: u64,
+    iovs: *mut s::iovec,
+    iovcnt: i32,
+}
+
+unsafe fn req(bdev_io: *mut s::spdk_bdev_io) -> Req {
+    unsafe {
+        let b = &(*bdev_io).u.bdev;
+        Req {
+            ty: u32::from((*bdev_io).type_),
+            lba: b.offset_blocks,
+            blocks: b.num_blocks,
+            iovs: b.iovs,
+            iovcnt: b.iovcnt,
+        }
+    }
+}
+
+// ------------------------------------------------------------------- fn_table hooks --
+
+unsafe extern "C" fn io_type_supported(ctx: *mut c_void, ty: s::spdk_bdev_io_type) -> bool {
+    // SAFETY: ctxt of our bdev.
+    let node = unsafe { &*(*(ctx as *const OurBdev)).node };
+    match ty {
+        s::SPDK_BDEV_IO_TYPE_READ
+        | s::SPDK_BDEV_IO_TYPE_WRITE
+        | s::SPDK_BDEV_IO_TYPE_WRITE_ZEROES
+        | s::SPDK_BDEV_IO_TYPE_FLUSH
+        | s::SPDK_BDEV_IO_TYPE_RESET => true,
+        // Unmap may reach the base (or the local leg) directly.
+        // SAFETY: claimed, open bdev.
+        s::SPDK_BDEV_IO_TYPE_UNMAP => unsafe { s::spdk_bdev_io_type_supported(node.legs[0].0.bdev, ty) },
+        _ => false,
+    }
+}
+
+unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut s::spdk_io_channel {
+    // SAFETY: ctxt of our bdev; the node is its io_device.
+    unsafe { s::spdk_get_io_channel((*(*(ctx as *const OurBdev)).node).io_device()) }
+}
+
+unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut s::spdk_json_write_ctx) -> i32 {
+    // SAFETY: ctxt of our bdev.
+    let ob = unsafe { &*(ctx as *const OurBdev) };
+    let node = unsafe { &*ob.node };
+    let mut v = json::status(node);
+    v["role"] = serde_json::Value::from(match ob.kind {
+        Kind::Top => "top",
+        Kind::Ingress => "ingress",
+        Kind::Primary => "primary",
+    });
+    unsafe { json::write_named(w, c"replication", &v) }
+}
+
+unsafe extern "C" fn write_config_json(bdev: *mut s::spdk_bdev, w: *mut s::spdk_json_write_ctx) {
+    // SAFETY: our bdev.
+    let ob = unsafe { &*((*bdev).ctxt as *const OurBdev) };
+    if ob.kind == Kind::Ingress {
+        return; // created by the top's entry
+    }
+    let node = unsafe { &*ob.node };
+    let v = serde_json::json!({"method": "bdev_replication_create", "params": node.params});
+    unsafe { json::write_value(w, &v) };
+}
+
+pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void) -> i32 {
+    // SAFETY: the io_device is a live node.
+    let node = unsafe { &*(io_device as *const Node) };
+    let mut legs = [null_mut(); 3];
+    for (i, leg) in node.legs.iter().enumerate() {
+        let desc = leg.desc();
+        if !desc.is_null() {
+            // SAFETY: open descriptor.
+            legs[i] = unsafe { s::spdk_bdev_get_io_channel(desc) };
+        }
+    }
+    let (remote, poller) = match &node.role {
+        Role::Primary(p) => {
+            let timeout_us = p.config().remote_timeout.as_micros() as u64;
+            // SAFETY: FFI.
+            let hz = unsafe { s::spdk_get_ticks_hz() };
+            let shared = Rc::new(RemoteShared {
+                node,
+                remote_ch: Cell::new(legs[1]),
+                head: Cell::new(null_mut()),
+                tail: Cell::new(null_mut()),
+                free: RefCell::new(Vec::new()),
+                timeout_ticks: timeout_us * hz / 1_000_000,
+            });
+            let period = (timeout_us / 4).clamp(1_000, 100_000);
+            // SAFETY: the channel keeps the shared state alive until it unregisters this.
+            let poller = unsafe { s::spdk_poller_register(Some(remote_timeout_poll), Rc::as_ptr(&shared) as *mut c_void, period) };
+            (Some(shared), poller)
+        }
+        Role::Secondary(_) => (None, null_mut()),
+    };
+    // SAFETY: SPDK gives us size_of::<Channel>() bytes.
+    unsafe { std::ptr::write(buf as *mut Channel, Channel { node, legs, remote, poller }) };
+    0
+}
+
+pub unsafe extern "C" fn channel_destroy(_io_device: *mut c_void, buf: *mut c_void) {
+    // SAFETY: written by channel_create.
+    let ch = unsafe { std::ptr::read(buf as *mut Channel) };
+    let mut p = ch.poller;
+    if !p.is_null() {
+        unsafe { s::spdk_poller_unregister(&mut p) };
+    }
+    if let Some(r) = &ch.remote {
+        r.remote_ch.set(null_mut());
+    }
+    for l in ch.legs {
+        if !l.is_null() {
+            unsafe { s::spdk_put_io_channel(l) };
+        }
+    }
+}
+
+/// The primary's remote leg was hot-removed: release its channels everywhere, then close it.
+pub fn drop_remote_leg(node: std::sync::Arc<Node>) {
+    unsafe extern "C" fn put_remote(i: *mut s::spdk_io_channel_iter) {
+        unsafe {
+            let ch = s::spdk_io_channel_iter_get_channel(i);
+            let c = &mut *(s::spdk_sys_io_channel_get_ctx(ch) as *mut Channel);
+            if !c.legs[1].is_null() {
+                s::spdk_put_io_channel(c.legs[1]);
+                c.legs[1] = null_mut();
+            }
+            if let Some(r) = &c.remote {
+                r.remote_ch.set(null_mut());
+            }
+            s::spdk_for_each_channel_continue(i, 0);
+        }
+    }
+    unsafe extern "C" fn close_remote(i: *mut s::spdk_io_channel_iter, _st: i32) {
+        unsafe {
+            let node = std::sync::Arc::from_raw(s::spdk_io_channel_iter_get_ctx(i) as *const Node);
+            let leg = &node.legs[1];
+            let desc = leg.take_desc();
+            if !desc.is_null() {
+                s::spdk_bdev_module_release_bdev(leg.0.bdev);
+                s::spdk_bdev_close(desc);
+            }
+        }
+    }
+    let io_device = node.io_device();
+    let ctx = std::sync::Arc::into_raw(node) as *mut c_void;
+    // SAFETY: the context reference is released by close_remote.
+    unsafe { s::spdk_for_each_channel(io_device, Some(put_remote), ctx, Some(close_remote)) };
+}
+
+// -------------------------------------------------------------------- submission --
+
+unsafe extern "C" fn submit_request(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io) {
+    unsafe {
+        let ctx = ctx_of(bdev_io);
+        ctx.ch = ch;
+        if u32::from((*bdev_io).type_) == s::SPDK_BDEV_IO_TYPE_READ {
+            let len = (*bdev_io).u.bdev.num_blocks * u64::from((*(*bdev_io).bdev).blocklen);
+            s::spdk_bdev_io_get_buf(bdev_io, Some(read_buf_ready), len);
+            return;
+        }
+        dispatch(ch, bdev_io);
+    }
+}
+
+unsafe extern "C" fn read_buf_ready(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io, ok: bool) {
+    unsafe {
+        if !ok {
+            complete(bdev_io, false);
+            return;
+        }
+        dispatch(ch, bdev_io);
+    }
+}
+
+unsafe extern "C" fn resubmit(arg: *mut c_void) {
+    let bdev_io = arg as *mut s::spdk_bdev_io;
+    unsafe { dispatch(ctx_of(bdev_io).ch, bdev_io) };
+}
+
+/// A child submission returned -ENOMEM: retry the whole request when `leg` has room.
+unsafe fn queue_retry(bdev_io: *mut s::spdk_bdev_io, leg_bdev: *mut s::spdk_bdev, leg_ch: *mut s::spdk_io_channel) {
+    unsafe {
+        let ctx = ctx_of(bdev_io);
+        ctx.wait.bdev = leg_bdev;
+        ctx.wait.cb_fn = Some(resubmit);
+        ctx.wait.cb_arg = bdev_io.cast();
+        if s::spdk_bdev_queue_io_wait(leg_bdev, leg_ch, &mut ctx.wait) != 0 {
+            complete(bdev_io, false);
+        }
+    }
+}
+
+unsafe fn dispatch(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io) {
+    unsafe {
+        let chan = &*(s::spdk_sys_io_channel_get_ctx(ch) as *const Channel);
+        let ob = our_bdev(bdev_io);
+        let node = &*ob.node;
+        match (&node.role, ob.kind) {
+            (Role::Secondary(_), Kind::Top) => top(node, chan, bdev_io),
+            (Role::Secondary(_), Kind::Ingress) => ingress(node, chan, bdev_io),
+            (Role::Primary(_), _) => primary(node, chan, bdev_io),
+            (Role::Secondary(_), Kind::Primary) => unreachable!(),
+        }
+    }
+}
+
+/// Which child operation to issue.
+#[derive(Clone, Copy)]
+enum Child {
+    Read,
+    Write,
+    WriteZeroes,
+    Unmap,
+    Flush,
+    Reset,
+}
+
+fn child_of(ty: u32) -> Option<Child> {
+    Some(match ty {
+        s::SPDK_BDEV_IO_TYPE_READ => Child::Read,
+        s::SPDK_BDEV_IO_TYPE_WRITE => Child::Write,
+        s::SPDK_BDEV_IO_TYPE_WRITE_ZEROES => Child::WriteZeroes,
+        s::SPDK_BDEV_IO_TYPE_UNMAP => Child::Unmap,
+        s::SPDK_BDEV_IO_TYPE_FLUSH => Child::Flush,
+        s::SPDK_BDEV_IO_TYPE_RESET => Child::Reset,
+        _ => return None,
+    })
+}
+
+/// Issues `op` for `r`'s range (iovecs for reads and writes) on one leg.
+unsafe fn issue(
+    desc: *mut s::spdk_bdev_desc,
+    ch: *mut s::spdk_io_channel,
+    op: Child,
+    r: &Req,
+    cb: s::spdk_bdev_io_completion_cb,
+    arg: *mut c_void,
+) -> i32 {
+    if desc.is_null() || ch.is_null() {
+        return -19;
+    }
+    unsafe {
+        match op {
+            Child::Read => s::spdk_bdev_readv_blocks(desc, ch, r.iovs, r.iovcnt, r.lba, r.blocks, cb, arg),
+            Child::Write => s::spdk_bdev_writev_blocks(desc, ch, r.iovs, r.iovcnt, r.lba, r.blocks, cb, arg),
+            Child::WriteZeroes => s::spdk_bdev_write_zeroes_blocks(desc, ch, r.lba, r.blocks, cb, arg),
+            Child::Unmap => s::spdk_bdev_unmap_blocks(desc, ch, r.lba, r.blocks, cb, arg),
+            Child::Flush => s::spdk_bdev_flush_blocks(desc, ch, r.lba, r.blocks, cb, arg),
+            Child::Reset => s::spdk_bdev_reset(desc, ch, cb, arg),
+        }
+    }
+}
+
+/// Child done: complete the guest request with the child's status.
+unsafe extern "C" fn pass_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        s::spdk_bdev_free_io(child);
+        complete(arg.cast(), ok);
+    }
+}
+
+/// Same, leaving the secondary's gate.
+unsafe extern "C" fn gated_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        s::spdk_bdev_free_io(child);
+        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
+        secondary_of(bdev_io).gate().exit();
+        complete(bdev_io, ok);
+    }
+}
+
+unsafe fn secondary_of(bdev_io: *mut s::spdk_bdev_io) -> &'static crate::engine::Secondary<super::dev::SpdkDev> {
+    unsafe {
+        match &(*our_bdev(bdev_io).node).role {
+            Role::Secondary(sec) => sec,
+            Role::Primary(_) => unreachable!(),
+        }
+    }
+}
+
+/// Issues on leg `i` and handles a failed submission; `gated` says the request holds a
+/// raw gate entry to give back on failure.
+unsafe fn issue_on(node: &Node, chan: &Channel, i: usize, op: Child, bdev_io: *mut s::spdk_bdev_io, cb: s::spdk_bdev_io_completion_cb, gated: bool) {
+    unsafe {
+        let r = req(bdev_io);
+        let rc = issue(node.legs[i].desc(), chan.legs[i], op, &r, cb, bdev_io.cast());
+        if rc == 0 {
+            return;
+        }
+        if gated {
+            secondary_of(bdev_io).gate().exit();
+        }
+        if rc == -ENOMEM {
+            queue_retry(bdev_io, node.legs[i].0.bdev, chan.legs[i]);
+        } else {
+            complete(bdev_io, false);
+        }
+    }
+}
+
+const BASE: usize = 0;
+const HIDDEN: usize = 1;
+const ACTIVE: usize = 2;
+
+unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
+    unsafe {
+        let Role::Secondary(sec) = &node.role else { unreachable!() };
+        let r = req(bdev_io);
+        let Some(op) = child_of(r.ty) else {
+            complete(bdev_io, false);
+            return;
+        };
+        if matches!(op, Child::Flush | Child::Reset) || !sec.gate().try_enter_raw() {
+            slow(bdev_io);
+            return;
+        }
+        match op {
+            Child::Read => {
+                let mut segs = match sec.plan_top_read(r.lba, r.blocks) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        sec.gate().exit();
+                        complete(bdev_io, false);
+                        return;
+                    }
+                };
+                let seg = segs.next().expect("a read has at least one block");
+                if segs.next().is_some() {
+                    sec.gate().exit();
+                    slow(bdev_io);
+                    return;
+                }
+                match seg.source {
+                    Source::Zero => {
+                        zero_iovs(&r);
+                        sec.gate().exit();
+                        complete(bdev_io, true);
+                    }
+                    Source::Active => issue_on(node, chan, ACTIVE, op, bdev_io, Some(gated_done), true),
+                    Source::Hidden => issue_on(node, chan, HIDDEN, op, bdev_io, Some(gated_done), true),
+                    Source::Base => {
+                        let ctx = ctx_of(bdev_io);
+                        ctx.seg_lba = seg.lba;
+                        ctx.seg_blocks = seg.nblocks;
+                        issue_on(node, chan, BASE, op, bdev_io, Some(top_base_read_done), true)
+                    }
+                }
+            }
+            _ => match sec.plan_top_write(r.lba, r.blocks) {
+                TopWritePlan::Active => match op {
+                    Child::Write => issue_on(node, chan, ACTIVE, op, bdev_io, Some(active_write_done), true),
+                    _ => {
+                        // Allocated as zero: metadata only.
+                        sec.mark_active(r.lba, r.blocks, AllocState::Zero);
+                        sec.gate().exit();
+                        complete(bdev_io, true);
+                    }
+                },
+                TopWritePlan::Base => issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true),
+                TopWritePlan::Slow => {
+                    sec.gate().exit();
+                    slow(bdev_io);
+                }
+                TopWritePlan::Refused => {
+                    sec.gate().exit();
+                    complete(bdev_io, false);
+                }
+            },
+        }
+    }
+}
+
+unsafe extern "C" fn active_write_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        s::spdk_bdev_free_io(child);
+        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
+        let sec = secondary_of(bdev_io);
+        if ok {
+            let r = req(bdev_io);
+            sec.mark_active(r.lba, r.blocks, AllocState::Data);
+        }
+        sec.gate().exit();
+        complete(bdev_io, ok);
+    }
+}
+
+/// A top read served from the base: if a copy of one of its clusters finished meanwhile,
+/// the base may hold newer ingress data there; re-read those clusters from hidden.
+unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        s::spdk_bdev_free_io(child);
+        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
+        let sec = secondary_of(bdev_io);
+        if !ok {
+            sec.gate().exit();
+            complete(bdev_io, false);
+            return;
+        }
+        let ctx = ctx_of(bdev_io);
+        let seg = ReadSegment { source: Source::Base, lba: ctx.seg_lba, nblocks: ctx.seg_blocks };
+        let mut redo: Vec<(u64, u64)> = Vec::new();
+        sec.revalidate_base_read(&seg, |l, k| redo.push((l, k)));
+        if redo.is_empty() {
+            sec.gate().exit();
+            complete(bdev_io, true);
+            return;
+        }
+        exec::spawn(async move {
+            let r = req(bdev_io);
+            let mut ok = true;
+            for (lba, k) in redo {
+                ok &= read_into_guest(sec.hidden(), &r, lba, k).await.is_ok();
+            }
+            sec.gate().exit();
+            complete(bdev_io, ok);
+        });
+    }
+}
+
+unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
+    unsafe {
+        let Role::Secondary(sec) = &node.role else { unreachable!() };
+        let r = req(bdev_io);
+        let Some(op) = child_of(r.ty) else {
+            complete(bdev_io, false);
+            return;
+        };
+        match op {
+            Child::Read | Child::Flush | Child::Reset => issue_on(node, chan, BASE, op, bdev_io, Some(pass_done), false),
+            Child::Write | Child::WriteZeroes | Child::Unmap => {
+                if !sec.gate().try_enter_raw() {
+                    slow(bdev_io);
+                    return;
+                }
+                match sec.plan_ingress_write(r.lba, r.blocks) {
+                    IngressWritePlan::Direct => issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true),
+                    IngressWritePlan::Cow => {
+                        sec.gate().exit();
+                        slow(bdev_io);
+                    }
+                    IngressWritePlan::Refused => {
+                        sec.count_ingress_refused();
+                        sec.gate().exit();
+                        complete(bdev_io, false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+unsafe fn zero_iovs(r: &Req) {
+    unsafe {
+        for i in 0..r.iovcnt as usize {
+            let v = &*r.iovs.add(i);
+            std::ptr::write_bytes(v.iov_base as *mut u8, 0, v.iov_len);
+        }
+    }
+}
+
+/// Copies between a contiguous buffer and the request's iovecs, from byte `skip` on.
+unsafe fn copy_iovs(r: &Req, skip: usize, buf: &SpdkBuf, to_iovs: bool) {
+    unsafe {
+        let mut skip = skip;
+        let mut done = 0usize;
+        let total = crate::engine::IoBuf::len(buf);
+        for i in 0..r.iovcnt as usize {
+            if done == total {
+                break;
+            }
+            let v = &*r.iovs.add(i);
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let n = (v.iov_len - skip).min(total - done);
+            let iov = (v.iov_base as *mut u8).add(skip);
+            let b = buf.as_ptr().add(done);
+            if to_iovs {
+                std::ptr::copy_nonoverlapping(b, iov, n);
+            } else {
+                std::ptr::copy_nonoverlapping(iov, b, n);
+            }
+            skip = 0;
+            done += n;
+        }
+    }
+}
+
+fn block_size(r_node: &Node) -> u64 {
+    u64::from(r_node.legs[0].block_size())
+}
+
+/// Reads `k` blocks at `lba` of `dev` into the part of the request's buffer they map to.
+async unsafe fn read_into_guest(dev: &super::dev::SpdkDev, r: &Req, lba: u64, k: u64) -> Result<(), IoError> {
+    let bs = u64::from(dev.block_size());
+    let skip = ((lba - r.lba) * bs) as usize;
+    let len = (k * bs) as usize;
+    unsafe {
+        if r.iovcnt == 1 {
+            let v = &*r.iovs;
+            let buf = SpdkBuf::borrowed((v.iov_base as *mut u8).add(skip), len);
+            dev.read(lba, buf).await
+        } else {
+            let buf = SpdkBuf::alloc(len);
+            dev.read(lba, buf.clone()).await?;
+            copy_iovs(r, skip, &buf, true);
+            Ok(())
+        }
+    }
+}
+
+/// The request's whole buffer as one engine buffer (bounced when scattered).
+unsafe fn guest_buf(r: &Req, bs: u64, fill_from_iovs: bool) -> (SpdkBuf, bool) {
+    unsafe {
+        let len = (r.blocks * bs) as usize;
+        if r.iovcnt == 1 && (*r.iovs).iov_len >= len {
+            (SpdkBuf::borrowed((*r.iovs).iov_base as *mut u8, len), false)
+        } else {
+            let b = SpdkBuf::alloc(len);
+            if fill_from_iovs {
+                copy_iovs(r, 0, &b, false);
+            }
+            (b, true)
+        }
+    }
+}
+
+/// Runs the request through the engine's driver on this reactor.
+unsafe fn slow(bdev_io: *mut s::spdk_bdev_io) {
+    exec::spawn(async move {
+        // SAFETY: the bdev (and node) cannot go away while this request is outstanding.
+        let ok = unsafe { run_slow(bdev_io).await }.is_ok();
+        unsafe { complete(bdev_io, ok) };
+    });
+}
+
+async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
+    unsafe {
+        let ob = our_bdev(bdev_io);
+        let node = &*ob.node;
+        let Role::Secondary(sec) = &node.role else { unreachable!() };
+        let r = req(bdev_io);
+        let bs = block_size(node);
+        let op = child_of(r.ty).ok_or(IoError::Io)?;
+        match (ob.kind, op) {
+            (Kind::Top, Child::Read) => {
+                let (buf, bounced) = guest_buf(&r, bs, false);
+                sec.top_read(r.lba, buf.clone()).await?;
+                if bounced {
+                    copy_iovs(&r, 0, &buf, true);
+                }
+                Ok(())
+            }
+            (Kind::Top, Child::Write) => sec.top_write(r.lba, guest_buf(&r, bs, true).0).await,
+            (Kind::Top, Child::WriteZeroes) => sec.top_write_zeroes(r.lba, r.blocks).await,
+            (Kind::Top, Child::Unmap) => sec.top_unmap(r.lba, r.blocks).await,
+            (Kind::Top, Child::Flush) => sec.top_flush().await,
+            (Kind::Top, Child::Reset) => sec.top_flush().await,
+            (Kind::Ingress, Child::Write) => sec.ingress_write(r.lba, guest_buf(&r, bs, true).0).await,
+            (Kind::Ingress, Child::WriteZeroes) => sec.ingress_write_zeroes(r.lba, r.blocks).await,
+            (Kind::Ingress, Child::Unmap) => sec.ingress_unmap(r.lba, r.blocks).await,
+            _ => Err(IoError::Io),
+        }
+    }
+}
+
+// ----------------------------------------------------------------------- primary --
+
+/// Per-channel state of the primary's remote leg: requests in flight, oldest first (an
+/// intrusive list), and a free list so steady-state forwarding allocates nothing.
+pub struct RemoteShared {
+    node: *const Node,
+    remote_ch: Cell<*mut s::spdk_io_channel>,
+    head: Cell<*mut RemoteReq>,
+    tail: Cell<*mut RemoteReq>,
+    free: RefCell<Vec<Box<RemoteReq>>>,
+    timeout_ticks: u64,
+}
+
+const INLINE_IOVS: usize = 16;
+
+/// One forwarded request. It lives until the remote really completes, even when the
+/// guest request was completed from the local leg after a timeout.
+pub struct RemoteReq {
+    shared: Option<Rc<RemoteShared>>,
+    guest: *mut s::spdk_bdev_io,
+    prev: *mut RemoteReq,
+    next: *mut RemoteReq,
+    submitted_at: u64,
+    link_gen: u64,
+    op: Child,
+    lba: u64,
+    blocks: u64,
+    /// A copy of the guest's iovec array: the guest's may be reused once it completes.
+    iovs: [s::iovec; INLINE_IOVS],
+    iovs_heap: Vec<s::iovec>,
+    iovcnt: i32,
+    wait: s::spdk_bdev_io_wait_entry,
+    timed_out: bool,
+}
+
+impl RemoteShared {
+    fn push(&self, rr: *mut RemoteReq) {
+        unsafe {
+            (*rr).prev = self.tail.get();
+            (*rr).next = null_mut();
+            match self.tail.get() {
+                t if t.is_null() => self.head.set(rr),
+                t => (*t).next = rr,
+            }
+            self.tail.set(rr);
+        }
+    }
+    fn unlink(&self, rr: *mut RemoteReq) {
+        unsafe {
+            let (p, n) = ((*rr).prev, (*rr).next);
+            if p.is_null() { self.head.set(n) } else { (*p).next = n }
+            if n.is_null() { self.tail.set(p) } else { (*n).prev = p }
+        }
+    }
+}
+
+unsafe fn leg_done(bdev_io: *mut s::spdk_bdev_io) {
+    unsafe {
+        let ctx = ctx_of(bdev_io);
+        ctx.pending -= 1;
+        if ctx.pending == 0 {
+            complete(bdev_io, !ctx.failed);
+        }
+    }
+}
+
+unsafe extern "C" fn local_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        s::spdk_bdev_free_io(child);
+        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
+        if !ok {
+            ctx_of(bdev_io).failed = true;
+        }
+        leg_done(bdev_io);
+    }
+}
+
+unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
+    unsafe {
+        let Role::Primary(p) = &node.role else { unreachable!() };
+        let r = req(bdev_io);
+        let Some(op) = child_of(r.ty) else {
+            complete(bdev_io, false);
+            return;
+        };
+        let plan = match op {
+            Child::Read | Child::Reset => PrimaryWritePlan::LocalOnly,
+            _ => p.plan_write(),
+        };
+        let shared = chan.remote.as_ref().expect("primary channel");
+        let forward = match plan {
+            PrimaryWritePlan::Both { link_gen } if !shared.remote_ch.get().is_null() => Some(link_gen),
+            PrimaryWritePlan::Both { .. } => {
+                p.break_link();
+                None
+            }
+            PrimaryWritePlan::LocalOnly => None,
+        };
+        let ctx = ctx_of(bdev_io);
+        ctx.failed = false;
+        ctx.pending = 1 + u32::from(forward.is_some());
+        let rc = issue(node.legs[0].desc(), chan.legs[0], op, &r, Some(local_done), bdev_io.cast());
+        if rc != 0 {
+            if rc == -ENOMEM {
+                queue_retry(bdev_io, node.legs[0].0.bdev, chan.legs[0]);
+            } else {
+                complete(bdev_io, false);
+            }
+            return;
+        }
+        let Some(link_gen) = forward else { return };
+        let mut rr = shared.free.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(RemoteReq {
+                shared: None,
+                guest: null_mut(),
+                prev: null_mut(),
+                next: null_mut(),
+                submitted_at: 0,
+                link_gen: 0,
+                op: Child::Flush,
+                lba: 0,
+                blocks: 0,
+                iovs: [s::iovec { iov_base: null_mut(), iov_len: 0 }; INLINE_IOVS],
+                iovs_heap: Vec::new(),
+                iovcnt: 0,
+                wait: s::spdk_bdev_io_wait_entry::default(),
+                timed_out: false,
+            })
+        });
+        rr.shared = Some(shared.clone());
+        rr.guest = bdev_io;
+        rr.submitted_at = s::spdk_get_ticks();
+        rr.link_gen = link_gen;
+        rr.op = op;
+        rr.lba = r.lba;
+        rr.blocks = r.blocks;
+        rr.timed_out = false;
+        rr.iovcnt = r.iovcnt;
+        rr.iovs_heap.clear();
+        if matches!(op, Child::Write) {
+            let src = std::slice::from_raw_parts(r.iovs, r.iovcnt as usize);
+            if src.len() <= INLINE_IOVS {
+                rr.iovs[..src.len()].copy_from_slice(src);
+            } else {
+                rr.iovs_heap.extend_from_slice(src);
+            }
+        }
+        let rr = Box::into_raw(rr);
+        shared.push(rr);
+        submit_remote(rr);
+    }
+}
+
+unsafe extern "C" fn remote_retry(arg: *mut c_void) {
+    unsafe { submit_remote(arg.cast()) };
+}
+
+unsafe fn submit_remote(rr: *mut RemoteReq) {
+    unsafe {
+        let shared = (*rr).shared.clone().expect("in flight");
+        let node = &*shared.node;
+        let iovs = if (*rr).iovs_heap.is_empty() { (*rr).iovs.as_mut_ptr() } else { (*rr).iovs_heap.as_mut_ptr() };
+        let r = Req { ty: 0, lba: (*rr).lba, blocks: (*rr).blocks, iovs, iovcnt: (*rr).iovcnt };
+        let rc = issue(node.legs[1].desc(), shared.remote_ch.get(), (*rr).op, &r, Some(remote_done), rr.cast());
+        if rc == -ENOMEM {
+            let w = &mut (*rr).wait;
+            w.bdev = node.legs[1].0.bdev;
+            w.cb_fn = Some(remote_retry);
+            w.cb_arg = rr.cast();
+            if s::spdk_bdev_queue_io_wait(w.bdev, shared.remote_ch.get(), w) == 0 {
+                return;
+            }
+        }
+        if rc != 0 {
+            remote_finish(rr, false);
+        }
+    }
+}
+
+unsafe extern "C" fn remote_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        s::spdk_bdev_free_io(child);
+        remote_finish(arg.cast(), ok);
+    }
+}
+
+unsafe fn remote_finish(rr: *mut RemoteReq, ok: bool) {
+    unsafe {
+        let shared = (*rr).shared.take().expect("in flight");
+        let node = &*shared.node;
+        let Role::Primary(p) = &node.role else { unreachable!() };
+        if !ok {
+            p.record_remote_failure((*rr).link_gen, false);
+        }
+        shared.unlink(rr);
+        let guest = std::mem::replace(&mut (*rr).guest, null_mut());
+        shared.free.borrow_mut().push(Box::from_raw(rr));
+        if !guest.is_null() {
+            leg_done(guest);
+        }
+    }
+}
+
+/// Completes, from the local leg, guest requests whose remote leg is overdue, and breaks
+/// the link. The remote request itself stays until it really ends.
+unsafe extern "C" fn remote_timeout_poll(arg: *mut c_void) -> i32 {
+    unsafe {
+        let shared = &*(arg as *const RemoteShared);
+        let node = &*shared.node;
+        let Role::Primary(p) = &node.role else { unreachable!() };
+        let now = s::spdk_get_ticks();
+        let mut rr = shared.head.get();
+        let mut busy = 0;
+        while !rr.is_null() && now.saturating_sub((*rr).submitted_at) > shared.timeout_ticks {
+            if !(*rr).timed_out {
+                (*rr).timed_out = true;
+                p.record_remote_failure((*rr).link_gen, true);
+                let guest = std::mem::replace(&mut (*rr).guest, null_mut());
+                if !guest.is_null() {
+                    leg_done(guest);
+                }
+                busy = 1;
+            }
+            rr = (*rr).next;
+        }
+        busy
+    }
+}
