@@ -17,6 +17,9 @@ fn main() {
         println!("cargo:rustc-link-arg=-l{lib}");
     }
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    if let Some(prefix) = std::path::Path::new(&libdir).parent() {
+        println!("cargo:rustc-env=SPDK_PREFIX={}", prefix.display());
+    }
     // The app runs from wherever SPDK was found, without LD_LIBRARY_PATH.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{libdir}");
 }

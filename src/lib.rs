@@ -8,3 +8,11 @@ pub mod engine;
 
 #[cfg(spdk)]
 pub mod host;
+
+/// Whether this build found SPDK (and so has the SPDK host and a working
+/// `replication_tgt`).
+pub const SPDK_FOUND: bool = cfg!(spdk);
+
+/// SPDK's install prefix as found at build time (where `bdevperf`, `spdk_dd` live in
+/// `bin/`), if any.
+pub const SPDK_PREFIX: Option<&str> = option_env!("SPDK_PREFIX");

@@ -17,6 +17,7 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let args: Vec<CString> = args
         .into_iter()

@@ -100,6 +100,10 @@ fn open_leg(param: &str, name: &str) -> Result<SpdkDev, RpcError> {
     let rc = unsafe {
         s::spdk_bdev_open_ext(cname.as_ptr(), true, Some(base_event), std::ptr::null_mut(), &mut desc)
     };
+    if rc == -1 {
+        // SPDK refuses a writable open of a bdev another module claimed.
+        return Err(RpcError::new(-16, format!("{param}: bdev {name} is already claimed")));
+    }
     if rc != 0 {
         return Err(RpcError::new(rc, format!("{param}: cannot open bdev {name} ({})", errno_name(rc))));
     }
