@@ -13,7 +13,10 @@ fn main() {
     let libdir = env::var("DEP_SPDK_LIBDIR").expect("spdk-sys exports its libdir");
     println!("cargo:rustc-link-search=native={libdir}");
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    for lib in env::var("DEP_SPDK_LIBS").unwrap_or_default().split_whitespace() {
+    for lib in env::var("DEP_SPDK_LIBS")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
         println!("cargo:rustc-link-arg=-l{lib}");
     }
     println!("cargo:rustc-link-arg=-Wl,--as-needed");

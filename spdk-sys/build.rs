@@ -46,7 +46,10 @@ fn probe(extra_dir: Option<&Path>) -> Option<pkg_config::Library> {
             return None;
         }
         let path = match env::var_os("PKG_CONFIG_PATH") {
-            Some(p) => env::join_paths(std::iter::once(dir.to_path_buf()).chain(env::split_paths(&p))).ok()?,
+            Some(p) => {
+                env::join_paths(std::iter::once(dir.to_path_buf()).chain(env::split_paths(&p)))
+                    .ok()?
+            }
             None => dir.as_os_str().to_owned(),
         };
         // SAFETY: build scripts are single-threaded.
@@ -119,7 +122,9 @@ fn main() {
         .allowlist_function("spdk_bdev_.*")
         .allowlist_function("spdk_(get|put)_io_channel")
         .allowlist_function("spdk_io_(device_register|device_unregister|channel_get_thread)")
-        .allowlist_function("spdk_(get_thread|thread_send_msg|thread_get_name|thread_get_app_thread)")
+        .allowlist_function(
+            "spdk_(get_thread|thread_send_msg|thread_get_name|thread_get_app_thread)",
+        )
         .allowlist_function("spdk_poller_(register|unregister)")
         .allowlist_function("spdk_for_each_channel(_continue)?")
         .allowlist_function("spdk_io_channel_iter_(get_channel|get_ctx|get_io_device)")
@@ -127,7 +132,9 @@ fn main() {
         .allowlist_function("spdk_(dma_zmalloc|dma_free)")
         .allowlist_function("spdk_app_.*")
         .allowlist_function("spdk_json_write_.*")
-        .allowlist_function("spdk_jsonrpc_(begin_result|end_result|send_error_response|send_bool_response)")
+        .allowlist_function(
+            "spdk_jsonrpc_(begin_result|end_result|send_error_response|send_bool_response)",
+        )
         .allowlist_function("spdk_rpc_register_method")
         .allowlist_type("spdk_bdev_io_status")
         .allowlist_type("spdk_bdev_event_type")

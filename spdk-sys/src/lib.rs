@@ -2,7 +2,12 @@
 //! by bindgen at build time, plus a few out-of-line wrappers (`spdk_sys_*`) for SPDK's
 //! static inline functions. Empty when the build found no SPDK (see build.rs).
 
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(unnecessary_transmutes, unsafe_op_in_unsafe_fn)]
 #![allow(clippy::all)]
 

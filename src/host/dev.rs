@@ -102,8 +102,12 @@ impl SpdkDev {
         // SAFETY: `desc` is open.
         let bdev = unsafe { s::spdk_bdev_desc_get_bdev(desc) };
         // SAFETY: `bdev` is alive while the descriptor is open.
-        let (block_size, num_blocks) =
-            unsafe { (s::spdk_bdev_get_block_size(bdev), s::spdk_bdev_get_num_blocks(bdev)) };
+        let (block_size, num_blocks) = unsafe {
+            (
+                s::spdk_bdev_get_block_size(bdev),
+                s::spdk_bdev_get_num_blocks(bdev),
+            )
+        };
         SpdkDev(Arc::new(DevInner {
             name: name.to_owned(),
             desc: AtomicPtr::new(desc),
@@ -141,9 +145,7 @@ impl SpdkDev {
     }
 }
 
-type Submit = Box<
-    dyn Fn(*mut s::spdk_bdev_desc, *mut s::spdk_io_channel, *mut c_void) -> i32,
->;
+type Submit = Box<dyn Fn(*mut s::spdk_bdev_desc, *mut s::spdk_io_channel, *mut c_void) -> i32>;
 
 struct OpState {
     dev: SpdkDev,

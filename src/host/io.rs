@@ -68,7 +68,11 @@ unsafe fn our_bdev(bdev_io: *mut s::spdk_bdev_io) -> &'static OurBdev {
 }
 
 unsafe fn complete(bdev_io: *mut s::spdk_bdev_io, ok: bool) {
-    let st = if ok { s::SPDK_BDEV_IO_STATUS_SUCCESS } else { s::SPDK_BDEV_IO_STATUS_FAILED };
+    let st = if ok {
+        s::SPDK_BDEV_IO_STATUS_SUCCESS
+    } else {
+        s::SPDK_BDEV_IO_STATUS_FAILED
+    };
     unsafe { s::spdk_bdev_io_complete(bdev_io, st) };
 }
 
@@ -106,7 +110,9 @@ unsafe extern "C" fn io_type_supported(ctx: *mut c_void, ty: s::spdk_bdev_io_typ
         | s::SPDK_BDEV_IO_TYPE_RESET => true,
         // Unmap may reach the base (or the local leg) directly.
         // SAFETY: claimed, open bdev.
-        s::SPDK_BDEV_IO_TYPE_UNMAP => unsafe { s::spdk_bdev_io_type_supported(node.legs[0].0.bdev, ty) },
+        s::SPDK_BDEV_IO_TYPE_UNMAP => unsafe {
+            s::spdk_bdev_io_type_supported(node.legs[0].0.bdev, ty)
+        },
         _ => false,
     }
 }
@@ -166,13 +172,29 @@ pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void
             });
             let period = (timeout_us / 4).clamp(1_000, 100_000);
             // SAFETY: the channel keeps the shared state alive until it unregisters this.
-            let poller = unsafe { s::spdk_poller_register(Some(remote_timeout_poll), Rc::as_ptr(&shared) as *mut c_void, period) };
+            let poller = unsafe {
+                s::spdk_poller_register(
+                    Some(remote_timeout_poll),
+                    Rc::as_ptr(&shared) as *mut c_void,
+                    period,
+                )
+            };
             (Some(shared), poller)
         }
         Role::Secondary(_) => (None, null_mut()),
     };
     // SAFETY: SPDK gives us size_of::<Channel>() bytes.
-    unsafe { std::ptr::write(buf as *mut Channel, Channel { node, legs, remote, poller }) };
+    unsafe {
+        std::ptr::write(
+            buf as *mut Channel,
+            Channel {
+                node,
+                legs,
+                remote,
+                poller,
+            },
+        )
+    };
     0
 }
 
@@ -241,7 +263,11 @@ unsafe extern "C" fn submit_request(ch: *mut s::spdk_io_channel, bdev_io: *mut s
     }
 }
 
-unsafe extern "C" fn read_buf_ready(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io, ok: bool) {
+unsafe extern "C" fn read_buf_ready(
+    ch: *mut s::spdk_io_channel,
+    bdev_io: *mut s::spdk_bdev_io,
+    ok: bool,
+) {
     unsafe {
         if !ok {
             complete(bdev_io, false);
@@ -257,7 +283,11 @@ unsafe extern "C" fn resubmit(arg: *mut c_void) {
 }
 
 /// A child submission returned -ENOMEM: retry the whole request when `leg` has room.
-unsafe fn queue_retry(bdev_io: *mut s::spdk_bdev_io, leg_bdev: *mut s::spdk_bdev, leg_ch: *mut s::spdk_io_channel) {
+unsafe fn queue_retry(
+    bdev_io: *mut s::spdk_bdev_io,
+    leg_bdev: *mut s::spdk_bdev,
+    leg_ch: *mut s::spdk_io_channel,
+) {
     unsafe {
         let ctx = ctx_of(bdev_io);
         ctx.wait.bdev = leg_bdev;
@@ -320,9 +350,15 @@ unsafe fn issue(
     }
     unsafe {
         match op {
-            Child::Read => s::spdk_bdev_readv_blocks(desc, ch, r.iovs, r.iovcnt, r.lba, r.blocks, cb, arg),
-            Child::Write => s::spdk_bdev_writev_blocks(desc, ch, r.iovs, r.iovcnt, r.lba, r.blocks, cb, arg),
-            Child::WriteZeroes => s::spdk_bdev_write_zeroes_blocks(desc, ch, r.lba, r.blocks, cb, arg),
+            Child::Read => {
+                s::spdk_bdev_readv_blocks(desc, ch, r.iovs, r.iovcnt, r.lba, r.blocks, cb, arg)
+            }
+            Child::Write => {
+                s::spdk_bdev_writev_blocks(desc, ch, r.iovs, r.iovcnt, r.lba, r.blocks, cb, arg)
+            }
+            Child::WriteZeroes => {
+                s::spdk_bdev_write_zeroes_blocks(desc, ch, r.lba, r.blocks, cb, arg)
+            }
             Child::Unmap => s::spdk_bdev_unmap_blocks(desc, ch, r.lba, r.blocks, cb, arg),
             Child::Flush => s::spdk_bdev_flush_blocks(desc, ch, r.lba, r.blocks, cb, arg),
             Child::Reset => s::spdk_bdev_reset(desc, ch, cb, arg),
@@ -348,7 +384,9 @@ unsafe extern "C" fn gated_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut
     }
 }
 
-unsafe fn secondary_of(bdev_io: *mut s::spdk_bdev_io) -> &'static crate::engine::Secondary<super::dev::SpdkDev> {
+unsafe fn secondary_of(
+    bdev_io: *mut s::spdk_bdev_io,
+) -> &'static crate::engine::Secondary<super::dev::SpdkDev> {
     unsafe {
         match &(*our_bdev(bdev_io).node).role {
             Role::Secondary(sec) => sec,
@@ -359,10 +397,25 @@ unsafe fn secondary_of(bdev_io: *mut s::spdk_bdev_io) -> &'static crate::engine:
 
 /// Issues on leg `i` and handles a failed submission; `gated` says the request holds a
 /// raw gate entry to give back on failure.
-unsafe fn issue_on(node: &Node, chan: &Channel, i: usize, op: Child, bdev_io: *mut s::spdk_bdev_io, cb: s::spdk_bdev_io_completion_cb, gated: bool) {
+unsafe fn issue_on(
+    node: &Node,
+    chan: &Channel,
+    i: usize,
+    op: Child,
+    bdev_io: *mut s::spdk_bdev_io,
+    cb: s::spdk_bdev_io_completion_cb,
+    gated: bool,
+) {
     unsafe {
         let r = req(bdev_io);
-        let rc = issue(node.legs[i].desc(), chan.legs[i], op, &r, cb, bdev_io.cast());
+        let rc = issue(
+            node.legs[i].desc(),
+            chan.legs[i],
+            op,
+            &r,
+            cb,
+            bdev_io.cast(),
+        );
         if rc == 0 {
             return;
         }
@@ -383,7 +436,9 @@ const ACTIVE: usize = 2;
 
 unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let Role::Secondary(sec) = &node.role else { unreachable!() };
+        let Role::Secondary(sec) = &node.role else {
+            unreachable!()
+        };
         let r = req(bdev_io);
         let Some(op) = child_of(r.ty) else {
             complete(bdev_io, false);
@@ -415,19 +470,39 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                         sec.gate().exit();
                         complete(bdev_io, true);
                     }
-                    Source::Active => issue_on(node, chan, ACTIVE, op, bdev_io, Some(gated_done), true),
-                    Source::Hidden => issue_on(node, chan, HIDDEN, op, bdev_io, Some(gated_done), true),
+                    Source::Active => {
+                        issue_on(node, chan, ACTIVE, op, bdev_io, Some(gated_done), true)
+                    }
+                    Source::Hidden => {
+                        issue_on(node, chan, HIDDEN, op, bdev_io, Some(gated_done), true)
+                    }
                     Source::Base => {
                         let ctx = ctx_of(bdev_io);
                         ctx.seg_lba = seg.lba;
                         ctx.seg_blocks = seg.nblocks;
-                        issue_on(node, chan, BASE, op, bdev_io, Some(top_base_read_done), true)
+                        issue_on(
+                            node,
+                            chan,
+                            BASE,
+                            op,
+                            bdev_io,
+                            Some(top_base_read_done),
+                            true,
+                        )
                     }
                 }
             }
             _ => match sec.plan_top_write(r.lba, r.blocks) {
                 TopWritePlan::Active => match op {
-                    Child::Write => issue_on(node, chan, ACTIVE, op, bdev_io, Some(active_write_done), true),
+                    Child::Write => issue_on(
+                        node,
+                        chan,
+                        ACTIVE,
+                        op,
+                        bdev_io,
+                        Some(active_write_done),
+                        true,
+                    ),
                     _ => {
                         // Allocated as zero: metadata only.
                         sec.mark_active(r.lba, r.blocks, AllocState::Zero);
@@ -435,7 +510,9 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                         complete(bdev_io, true);
                     }
                 },
-                TopWritePlan::Base => issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true),
+                TopWritePlan::Base => {
+                    issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true)
+                }
                 TopWritePlan::Slow => {
                     sec.gate().exit();
                     slow(bdev_io);
@@ -476,7 +553,11 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
             return;
         }
         let ctx = ctx_of(bdev_io);
-        let seg = ReadSegment { source: Source::Base, lba: ctx.seg_lba, nblocks: ctx.seg_blocks };
+        let seg = ReadSegment {
+            source: Source::Base,
+            lba: ctx.seg_lba,
+            nblocks: ctx.seg_blocks,
+        };
         let mut redo: Vec<(u64, u64)> = Vec::new();
         sec.revalidate_base_read(&seg, |l, k| redo.push((l, k)));
         if redo.is_empty() {
@@ -498,21 +579,27 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
 
 unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let Role::Secondary(sec) = &node.role else { unreachable!() };
+        let Role::Secondary(sec) = &node.role else {
+            unreachable!()
+        };
         let r = req(bdev_io);
         let Some(op) = child_of(r.ty) else {
             complete(bdev_io, false);
             return;
         };
         match op {
-            Child::Read | Child::Flush | Child::Reset => issue_on(node, chan, BASE, op, bdev_io, Some(pass_done), false),
+            Child::Read | Child::Flush | Child::Reset => {
+                issue_on(node, chan, BASE, op, bdev_io, Some(pass_done), false)
+            }
             Child::Write | Child::WriteZeroes | Child::Unmap => {
                 if !sec.gate().try_enter_raw() {
                     slow(bdev_io);
                     return;
                 }
                 match sec.plan_ingress_write(r.lba, r.blocks) {
-                    IngressWritePlan::Direct => issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true),
+                    IngressWritePlan::Direct => {
+                        issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true)
+                    }
                     IngressWritePlan::Cow => {
                         sec.gate().exit();
                         slow(bdev_io);
@@ -571,7 +658,12 @@ fn block_size(r_node: &Node) -> u64 {
 }
 
 /// Reads `k` blocks at `lba` of `dev` into the part of the request's buffer they map to.
-async unsafe fn read_into_guest(dev: &super::dev::SpdkDev, r: &Req, lba: u64, k: u64) -> Result<(), IoError> {
+async unsafe fn read_into_guest(
+    dev: &super::dev::SpdkDev,
+    r: &Req,
+    lba: u64,
+    k: u64,
+) -> Result<(), IoError> {
     let bs = u64::from(dev.block_size());
     let skip = ((lba - r.lba) * bs) as usize;
     let len = (k * bs) as usize;
@@ -618,7 +710,9 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
     unsafe {
         let ob = our_bdev(bdev_io);
         let node = &*ob.node;
-        let Role::Secondary(sec) = &node.role else { unreachable!() };
+        let Role::Secondary(sec) = &node.role else {
+            unreachable!()
+        };
         let r = req(bdev_io);
         let bs = block_size(node);
         let op = child_of(r.ty).ok_or(IoError::Io)?;
@@ -636,7 +730,9 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
             (Kind::Top, Child::Unmap) => sec.top_unmap(r.lba, r.blocks).await,
             (Kind::Top, Child::Flush) => sec.top_flush().await,
             (Kind::Top, Child::Reset) => sec.top_flush().await,
-            (Kind::Ingress, Child::Write) => sec.ingress_write(r.lba, guest_buf(&r, bs, true).0).await,
+            (Kind::Ingress, Child::Write) => {
+                sec.ingress_write(r.lba, guest_buf(&r, bs, true).0).await
+            }
             (Kind::Ingress, Child::WriteZeroes) => sec.ingress_write_zeroes(r.lba, r.blocks).await,
             (Kind::Ingress, Child::Unmap) => sec.ingress_unmap(r.lba, r.blocks).await,
             _ => Err(IoError::Io),
@@ -653,6 +749,8 @@ pub struct RemoteShared {
     remote_ch: Cell<*mut s::spdk_io_channel>,
     head: Cell<*mut RemoteReq>,
     tail: Cell<*mut RemoteReq>,
+    /// Boxed: SPDK holds raw pointers to in-flight requests.
+    #[allow(clippy::vec_box)]
     free: RefCell<Vec<Box<RemoteReq>>>,
     timeout_ticks: u64,
 }
@@ -694,8 +792,16 @@ impl RemoteShared {
     fn unlink(&self, rr: *mut RemoteReq) {
         unsafe {
             let (p, n) = ((*rr).prev, (*rr).next);
-            if p.is_null() { self.head.set(n) } else { (*p).next = n }
-            if n.is_null() { self.tail.set(p) } else { (*n).prev = p }
+            if p.is_null() {
+                self.head.set(n)
+            } else {
+                (*p).next = n
+            }
+            if n.is_null() {
+                self.tail.set(p)
+            } else {
+                (*n).prev = p
+            }
         }
     }
 }
@@ -723,7 +829,9 @@ unsafe extern "C" fn local_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut
 
 unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let Role::Primary(p) = &node.role else { unreachable!() };
+        let Role::Primary(p) = &node.role else {
+            unreachable!()
+        };
         let r = req(bdev_io);
         let Some(op) = child_of(r.ty) else {
             complete(bdev_io, false);
@@ -735,7 +843,9 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
         };
         let shared = chan.remote.as_ref().expect("primary channel");
         let forward = match plan {
-            PrimaryWritePlan::Both { link_gen } if !shared.remote_ch.get().is_null() => Some(link_gen),
+            PrimaryWritePlan::Both { link_gen } if !shared.remote_ch.get().is_null() => {
+                Some(link_gen)
+            }
             PrimaryWritePlan::Both { .. } => {
                 p.break_link();
                 None
@@ -745,7 +855,14 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
         let ctx = ctx_of(bdev_io);
         ctx.failed = false;
         ctx.pending = 1 + u32::from(forward.is_some());
-        let rc = issue(node.legs[0].desc(), chan.legs[0], op, &r, Some(local_done), bdev_io.cast());
+        let rc = issue(
+            node.legs[0].desc(),
+            chan.legs[0],
+            op,
+            &r,
+            Some(local_done),
+            bdev_io.cast(),
+        );
         if rc != 0 {
             if rc == -ENOMEM {
                 queue_retry(bdev_io, node.legs[0].0.bdev, chan.legs[0]);
@@ -766,7 +883,10 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                 op: Child::Flush,
                 lba: 0,
                 blocks: 0,
-                iovs: [s::iovec { iov_base: null_mut(), iov_len: 0 }; INLINE_IOVS],
+                iovs: [s::iovec {
+                    iov_base: null_mut(),
+                    iov_len: 0,
+                }; INLINE_IOVS],
                 iovs_heap: Vec::new(),
                 iovcnt: 0,
                 wait: s::spdk_bdev_io_wait_entry::default(),
@@ -805,9 +925,26 @@ unsafe fn submit_remote(rr: *mut RemoteReq) {
     unsafe {
         let shared = (*rr).shared.clone().expect("in flight");
         let node = &*shared.node;
-        let iovs = if (*rr).iovs_heap.is_empty() { (*rr).iovs.as_mut_ptr() } else { (*rr).iovs_heap.as_mut_ptr() };
-        let r = Req { ty: 0, lba: (*rr).lba, blocks: (*rr).blocks, iovs, iovcnt: (*rr).iovcnt };
-        let rc = issue(node.legs[1].desc(), shared.remote_ch.get(), (*rr).op, &r, Some(remote_done), rr.cast());
+        let iovs = if (*rr).iovs_heap.is_empty() {
+            (*rr).iovs.as_mut_ptr()
+        } else {
+            (*rr).iovs_heap.as_mut_ptr()
+        };
+        let r = Req {
+            ty: 0,
+            lba: (*rr).lba,
+            blocks: (*rr).blocks,
+            iovs,
+            iovcnt: (*rr).iovcnt,
+        };
+        let rc = issue(
+            node.legs[1].desc(),
+            shared.remote_ch.get(),
+            (*rr).op,
+            &r,
+            Some(remote_done),
+            rr.cast(),
+        );
         if rc == -ENOMEM {
             let w = &mut (*rr).wait;
             w.bdev = node.legs[1].0.bdev;
@@ -834,7 +971,9 @@ unsafe fn remote_finish(rr: *mut RemoteReq, ok: bool) {
     unsafe {
         let shared = (*rr).shared.take().expect("in flight");
         let node = &*shared.node;
-        let Role::Primary(p) = &node.role else { unreachable!() };
+        let Role::Primary(p) = &node.role else {
+            unreachable!()
+        };
         if !ok {
             p.record_remote_failure((*rr).link_gen, false);
         }
@@ -853,7 +992,9 @@ unsafe extern "C" fn remote_timeout_poll(arg: *mut c_void) -> i32 {
     unsafe {
         let shared = &*(arg as *const RemoteShared);
         let node = &*shared.node;
-        let Role::Primary(p) = &node.role else { unreachable!() };
+        let Role::Primary(p) = &node.role else {
+            unreachable!()
+        };
         let now = s::spdk_get_ticks();
         let mut rr = shared.head.get();
         let mut busy = 0;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[allow(clippy::large_enum_variant)] // one per node, inside an Arc
 pub enum Role {
     Primary(Primary<SpdkDev>),
     Secondary(Secondary<SpdkDev>),
@@ -41,6 +42,8 @@ pub struct Node {
     pub role: Role,
     /// Claimed base bdevs: base, hidden, active (secondary) or local, remote (primary).
     pub legs: Vec<SpdkDev>,
+    /// Boxed: SPDK keeps pointers to the `spdk_bdev` inside.
+    #[allow(clippy::vec_box)]
     bdevs: Vec<Box<UnsafeCell<OurBdev>>>,
     live: AtomicUsize,
     on_gone: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
@@ -59,7 +62,12 @@ pub fn nodes() -> Vec<Arc<Node>> {
 }
 
 pub fn find(name: &str) -> Option<Arc<Node>> {
-    NODES.lock().unwrap().iter().find(|n| n.params.name == name).cloned()
+    NODES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|n| n.params.name == name)
+        .cloned()
 }
 
 impl Node {
@@ -98,14 +106,26 @@ fn open_leg(param: &str, name: &str) -> Result<SpdkDev, RpcError> {
     let mut desc = std::ptr::null_mut();
     // SAFETY: FFI; `desc` is written on success.
     let rc = unsafe {
-        s::spdk_bdev_open_ext(cname.as_ptr(), true, Some(base_event), std::ptr::null_mut(), &mut desc)
+        s::spdk_bdev_open_ext(
+            cname.as_ptr(),
+            true,
+            Some(base_event),
+            std::ptr::null_mut(),
+            &mut desc,
+        )
     };
     if rc == -1 {
         // SPDK refuses a writable open of a bdev another module claimed.
-        return Err(RpcError::new(-16, format!("{param}: bdev {name} is already claimed")));
+        return Err(RpcError::new(
+            -16,
+            format!("{param}: bdev {name} is already claimed"),
+        ));
     }
     if rc != 0 {
-        return Err(RpcError::new(rc, format!("{param}: cannot open bdev {name} ({})", errno_name(rc))));
+        return Err(RpcError::new(
+            rc,
+            format!("{param}: cannot open bdev {name} ({})", errno_name(rc)),
+        ));
     }
     // SAFETY: open descriptor.
     let bdev = unsafe { s::spdk_bdev_desc_get_bdev(desc) };
@@ -114,7 +134,10 @@ fn open_leg(param: &str, name: &str) -> Result<SpdkDev, RpcError> {
     if rc != 0 {
         // SAFETY: opened above on this thread.
         unsafe { s::spdk_bdev_close(desc) };
-        return Err(RpcError::new(rc, format!("{param}: bdev {name} is already claimed")));
+        return Err(RpcError::new(
+            rc,
+            format!("{param}: bdev {name} is already claimed"),
+        ));
     }
     Ok(SpdkDev::new(name, desc))
 }
@@ -173,7 +196,10 @@ pub fn create(p: CreateParams) -> Result<String, RpcError> {
             return Err(param_err(pa, format!("bdev {a} is already used as {pb}")));
         }
         if names.iter().any(|n| n == a) {
-            return Err(param_err(pa, format!("bdev {a} is the replication bdev itself")));
+            return Err(param_err(
+                pa,
+                format!("bdev {a} is the replication bdev itself"),
+            ));
         }
     }
     let mut legs = Vec::new();
@@ -217,10 +243,19 @@ pub fn create(p: CreateParams) -> Result<String, RpcError> {
     let (block_size, num_blocks) = {
         let l = &legs[0];
         // SAFETY: open bdev.
-        unsafe { (s::spdk_bdev_get_block_size(l.0.bdev), s::spdk_bdev_get_num_blocks(l.0.bdev)) }
+        unsafe {
+            (
+                s::spdk_bdev_get_block_size(l.0.bdev),
+                s::spdk_bdev_get_num_blocks(l.0.bdev),
+            )
+        }
     };
     // SAFETY: reading plain fields of open bdevs.
-    let align = legs.iter().map(|l| unsafe { (*l.0.bdev).required_alignment }).max().unwrap_or(0);
+    let align = legs
+        .iter()
+        .map(|l| unsafe { (*l.0.bdev).required_alignment })
+        .max()
+        .unwrap_or(0);
     let bdevs = kinds
         .iter()
         .map(|(kind, name)| {
@@ -269,7 +304,14 @@ pub fn create(p: CreateParams) -> Result<String, RpcError> {
         let rc = unsafe { s::spdk_bdev_register(b) };
         if rc != 0 {
             tracing::error!(bdev = %ob.name.to_string_lossy(), rc, "bdev registration failed");
-            let err = RpcError::new(rc, format!("name: cannot register bdev {} ({})", ob.name.to_string_lossy(), errno_name(rc)));
+            let err = RpcError::new(
+                rc,
+                format!(
+                    "name: cannot register bdev {} ({})",
+                    ob.name.to_string_lossy(),
+                    errno_name(rc)
+                ),
+            );
             if i == 0 {
                 close_legs(&node.legs);
                 // SAFETY: registered above; no channel can exist without a bdev.
@@ -279,7 +321,13 @@ pub fn create(p: CreateParams) -> Result<String, RpcError> {
             // The first bdev is live: let its teardown release everything.
             NODES.lock().unwrap().push(node.clone());
             // SAFETY: registered bdev.
-            unsafe { s::spdk_bdev_unregister(&mut (*node.bdevs[0].get()).bdev, None, std::ptr::null_mut()) };
+            unsafe {
+                s::spdk_bdev_unregister(
+                    &mut (*node.bdevs[0].get()).bdev,
+                    None,
+                    std::ptr::null_mut(),
+                )
+            };
             return Err(err);
         }
         node.live.fetch_add(1, Ordering::SeqCst);
@@ -320,22 +368,43 @@ unsafe extern "C" fn io_device_gone(io_device: *mut c_void) {
 }
 
 /// Events on a claimed base bdev.
-unsafe extern "C" fn base_event(ty: s::spdk_bdev_event_type, bdev: *mut s::spdk_bdev, _ctx: *mut c_void) {
+unsafe extern "C" fn base_event(
+    ty: s::spdk_bdev_event_type,
+    bdev: *mut s::spdk_bdev,
+    _ctx: *mut c_void,
+) {
     if ty != s::SPDK_BDEV_EVENT_REMOVE {
         return;
     }
-    let Some(node) = NODES.lock().unwrap().iter().find(|n| n.legs.iter().any(|l| l.0.bdev == bdev)).cloned() else {
+    let Some(node) = NODES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|n| n.legs.iter().any(|l| l.0.bdev == bdev))
+        .cloned()
+    else {
         return;
     };
-    let leg = node.legs.iter().position(|l| l.0.bdev == bdev).expect("found above");
+    let leg = node
+        .legs
+        .iter()
+        .position(|l| l.0.bdev == bdev)
+        .expect("found above");
     match &node.role {
         Role::Primary(p) if leg == 1 => {
-            tracing::warn!(name = node.name(), "remote leg removed: replication link broken, continuing locally");
+            tracing::warn!(
+                name = node.name(),
+                "remote leg removed: replication link broken, continuing locally"
+            );
             p.break_link();
             io::drop_remote_leg(node);
         }
         _ => {
-            tracing::warn!(name = node.name(), base = node.legs[leg].name(), "base bdev removed: removing the replication bdev");
+            tracing::warn!(
+                name = node.name(),
+                base = node.legs[leg].name(),
+                "base bdev removed: removing the replication bdev"
+            );
             let n = node.clone();
             node.unregister(Box::new(move || drop(n)));
         }

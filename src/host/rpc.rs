@@ -7,7 +7,9 @@
 use super::exec;
 use super::json;
 use super::node::{self, Node, Role};
-use crate::engine::{DEFAULT_COW_GRANULARITY, DEFAULT_REMOTE_TIMEOUT_MS, MergeStep, Mode, ReplicationError, Stage};
+use crate::engine::{
+    DEFAULT_COW_GRANULARITY, DEFAULT_REMOTE_TIMEOUT_MS, MergeStep, Mode, ReplicationError, Stage,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use spdk_sys as s;
@@ -53,15 +55,21 @@ fn invalid(param: &str, msg: &str) -> RpcError {
     RpcError::new(-22, format!("{param}: {msg}"))
 }
 
+/// Parameter names and whether each was given.
+type Presence<'a> = &'a [(&'a str, bool)];
+
 impl CreateParams {
     /// Checks which parameters belong to the mode, and fills in the defaults.
     pub fn validated(mut self) -> Result<Self, RpcError> {
         if self.name.is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
-        let (required, foreign): (&[(&str, bool)], &[(&str, bool)]) = match self.mode {
+        let (required, foreign): (Presence, Presence) = match self.mode {
             Mode::Primary => (
-                &[("local_bdev", self.local_bdev.is_some()), ("remote_bdev", self.remote_bdev.is_some())],
+                &[
+                    ("local_bdev", self.local_bdev.is_some()),
+                    ("remote_bdev", self.remote_bdev.is_some()),
+                ],
                 &[
                     ("base_bdev", self.base_bdev.is_some()),
                     ("hidden_bdev", self.hidden_bdev.is_some()),
@@ -91,12 +99,18 @@ impl CreateParams {
         }
         match self.mode {
             Mode::Primary => {
-                self.remote_timeout_ms.get_or_insert(DEFAULT_REMOTE_TIMEOUT_MS);
+                self.remote_timeout_ms
+                    .get_or_insert(DEFAULT_REMOTE_TIMEOUT_MS);
             }
             Mode::Secondary => {
-                let ingress = self.ingress_name.get_or_insert_with(|| format!("{}_ingress", self.name));
+                let ingress = self
+                    .ingress_name
+                    .get_or_insert_with(|| format!("{}_ingress", self.name));
                 if ingress.is_empty() || *ingress == self.name {
-                    return Err(invalid("ingress_name", "must be non-empty and differ from name"));
+                    return Err(invalid(
+                        "ingress_name",
+                        "must be non-empty and differ from name",
+                    ));
                 }
                 self.cow_granularity.get_or_insert(DEFAULT_COW_GRANULARITY);
             }
@@ -113,7 +127,9 @@ impl CreateParams {
             ("hidden_bdev", &self.hidden_bdev),
             ("active_bdev", &self.active_bdev),
         ];
-        legs.iter().filter_map(|(p, v)| v.as_deref().map(|v| (*p, v))).collect()
+        legs.iter()
+            .filter_map(|(p, v)| v.as_deref().map(|v| (*p, v)))
+            .collect()
     }
 }
 
@@ -170,10 +186,15 @@ unsafe fn reply(req: *mut s::spdk_jsonrpc_request, r: Result<Value, RpcError>) {
 }
 
 unsafe fn decode<T: DeserializeOwned>(params: *const s::spdk_json_val) -> Result<T, RpcError> {
-    let v = unsafe { json::params(params) }.map_err(|m| RpcError::new(s::SPDK_JSONRPC_ERROR_INVALID_PARAMS, m))?;
+    let v = unsafe { json::params(params) }
+        .map_err(|m| RpcError::new(s::SPDK_JSONRPC_ERROR_INVALID_PARAMS, m))?;
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        let msg = if path == "." { e.into_inner().to_string() } else { format!("{path}: {}", e.into_inner()) };
+        let msg = if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        };
         RpcError::new(s::SPDK_JSONRPC_ERROR_INVALID_PARAMS, msg)
     })
 }
@@ -225,7 +246,9 @@ async fn control(node: &Arc<Node>, op: Control) -> Result<(), ReplicationError> 
 /// yields to the reactor while its I/O is in flight.
 fn spawn_merge(node: Arc<Node>) {
     exec::spawn(async move {
-        let Role::Secondary(sec) = &node.role else { return };
+        let Role::Secondary(sec) = &node.role else {
+            return;
+        };
         loop {
             match sec.merge_step().await {
                 Ok(MergeStep::Progress) => {}
@@ -259,9 +282,14 @@ unsafe fn run_control(req: *mut s::spdk_jsonrpc_request, name: Option<String>, o
     });
 }
 
-unsafe extern "C" fn rpc_create(req: *mut s::spdk_jsonrpc_request, params: *const s::spdk_json_val) {
+unsafe extern "C" fn rpc_create(
+    req: *mut s::spdk_jsonrpc_request,
+    params: *const s::spdk_json_val,
+) {
     unsafe {
-        let r = decode::<CreateParams>(params).and_then(node::create).map(Value::from);
+        let r = decode::<CreateParams>(params)
+            .and_then(node::create)
+            .map(Value::from);
         reply(req, r);
     }
 }
@@ -270,14 +298,20 @@ struct SendReq(*mut s::spdk_jsonrpc_request);
 // SAFETY: answered exactly once, on the app thread, by the node's teardown.
 unsafe impl Send for SendReq {}
 
-unsafe extern "C" fn rpc_delete(req: *mut s::spdk_jsonrpc_request, params: *const s::spdk_json_val) {
+unsafe extern "C" fn rpc_delete(
+    req: *mut s::spdk_jsonrpc_request,
+    params: *const s::spdk_json_val,
+) {
     unsafe {
         let p = match decode::<NameParam>(params) {
             Ok(p) => p,
             Err(e) => return send_error(req, e),
         };
         let Some(node) = node::find(&p.name) else {
-            return send_error(req, RpcError::new(-19, format!("name: no replication bdev named {}", p.name)));
+            return send_error(
+                req,
+                RpcError::new(-19, format!("name: no replication bdev named {}", p.name)),
+            );
         };
         let r = SendReq(req);
         node::delete(
@@ -299,7 +333,10 @@ unsafe extern "C" fn rpc_start(req: *mut s::spdk_jsonrpc_request, params: *const
     }
 }
 
-unsafe extern "C" fn rpc_checkpoint(req: *mut s::spdk_jsonrpc_request, params: *const s::spdk_json_val) {
+unsafe extern "C" fn rpc_checkpoint(
+    req: *mut s::spdk_jsonrpc_request,
+    params: *const s::spdk_json_val,
+) {
     unsafe {
         match decode::<OptName>(params) {
             Ok(p) => run_control(req, p.name, Control::Checkpoint),
@@ -317,7 +354,11 @@ unsafe extern "C" fn rpc_stop(req: *mut s::spdk_jsonrpc_request, params: *const 
     }
 }
 
-unsafe fn list(req: *mut s::spdk_jsonrpc_request, params: *const s::spdk_json_val, f: fn(&Node) -> Value) {
+unsafe fn list(
+    req: *mut s::spdk_jsonrpc_request,
+    params: *const s::spdk_json_val,
+    f: fn(&Node) -> Value,
+) {
     unsafe {
         let r = decode::<OptName>(params)
             .and_then(|p| targets(p.name.as_deref()))
@@ -326,11 +367,17 @@ unsafe fn list(req: *mut s::spdk_jsonrpc_request, params: *const s::spdk_json_va
     }
 }
 
-unsafe extern "C" fn rpc_get_error(req: *mut s::spdk_jsonrpc_request, params: *const s::spdk_json_val) {
+unsafe extern "C" fn rpc_get_error(
+    req: *mut s::spdk_jsonrpc_request,
+    params: *const s::spdk_json_val,
+) {
     unsafe { list(req, params, json::get_error) }
 }
 
-unsafe extern "C" fn rpc_get_status(req: *mut s::spdk_jsonrpc_request, params: *const s::spdk_json_val) {
+unsafe extern "C" fn rpc_get_status(
+    req: *mut s::spdk_jsonrpc_request,
+    params: *const s::spdk_json_val,
+) {
     unsafe { list(req, params, json::status) }
 }
 

@@ -27,7 +27,10 @@ pub struct Env {
 }
 
 fn which(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The environment, or `None` after printing one line saying what is missing.
@@ -43,7 +46,11 @@ pub fn env(test: &str) -> Option<Env> {
     let spdk_bin = prefix.join("bin");
     for tool in ["spdk_dd", "bdevperf"] {
         if !spdk_bin.join(tool).exists() {
-            return skip(format!("{} is missing (SPDK's tools are expected in {})", tool, spdk_bin.display()));
+            return skip(format!(
+                "{} is missing (SPDK's tools are expected in {})",
+                tool,
+                spdk_bin.display()
+            ));
         }
     }
     if !which("spdk-rpc") {
@@ -52,10 +59,19 @@ pub fn env(test: &str) -> Option<Env> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // replctl is a sibling package: built into the same target directory by
     // `cargo test --workspace`, or on demand here.
-    let target = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let target = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let replctl = target.join("replctl");
     if !replctl.exists() {
-        let st = Command::new(env!("CARGO")).args(["build", "-q", "-p", "replctl"]).current_dir(&root).status();
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "replctl"])
+            .current_dir(&root)
+            .status();
         if !st.is_ok_and(|s| s.success()) || !replctl.exists() {
             return skip("replctl could not be built".into());
         }
@@ -108,7 +124,13 @@ impl App {
         let log = dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&sock);
         let child = Command::new(&env.tgt)
-            .args(["--no-huge", "-s", "1024", "--no-pci", "--disable-cpumask-locks"])
+            .args([
+                "--no-huge",
+                "-s",
+                "1024",
+                "--no-pci",
+                "--disable-cpumask-locks",
+            ])
             .args(["-m", &format!("{:#x}", 1u32 << core)])
             .arg("-r")
             .arg(&sock)
@@ -134,7 +156,11 @@ impl App {
             if app.sock.exists() && app.rpc("framework_wait_init", Value::Null).is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "{name} did not come up:\n{}", app.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not come up:\n{}",
+                app.log_text()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         app
@@ -158,16 +184,23 @@ impl App {
         let out = cmd.output().expect("python3");
         let text = String::from_utf8_lossy(&out.stdout);
         let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
-            panic!("{method}: no JSON from the RPC client: {text} {}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "{method}: no JSON from the RPC client: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         match v.get("error") {
-            Some(e) => Err((e["code"].as_i64().unwrap_or(0), e["message"].as_str().unwrap_or("").to_string())),
+            Some(e) => Err((
+                e["code"].as_i64().unwrap_or(0),
+                e["message"].as_str().unwrap_or("").to_string(),
+            )),
             None => Ok(v["result"].clone()),
         }
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
-        self.rpc(method, params).unwrap_or_else(|e| panic!("{method}: {e:?}\n{}", self.log_text()))
+        self.rpc(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e:?}\n{}", self.log_text()))
     }
 
     /// `spdk-rpc` with the project's plugin: SPDK's own CLI, as an operator would run it.
@@ -183,7 +216,12 @@ impl App {
     }
 
     pub fn replctl(&self, env: &Env, args: &[&str]) -> Output {
-        Command::new(&env.replctl).arg("-s").arg(&self.sock).args(args).output().expect("replctl")
+        Command::new(&env.replctl)
+            .arg("-s")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .expect("replctl")
     }
 
     pub fn status(&self, name: &str) -> Value {
@@ -191,7 +229,10 @@ impl App {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap();
+        let st = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
@@ -206,7 +247,9 @@ impl App {
     /// Clean shutdown (SIGINT), then wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
@@ -220,7 +263,9 @@ impl App {
 impl Drop for App {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
         }
         self.kill();
     }
@@ -230,7 +275,10 @@ impl Drop for App {
 pub fn config(env: &Env, file: &str, port_map: &[(u16, u16)]) -> Value {
     let mut text = std::fs::read_to_string(env.root.join("config").join(file)).unwrap();
     for (old, new) in port_map {
-        text = text.replace(&format!("\"trsvcid\": \"{old}\""), &format!("\"trsvcid\": \"{new}\""));
+        text = text.replace(
+            &format!("\"trsvcid\": \"{old}\""),
+            &format!("\"trsvcid\": \"{new}\""),
+        );
     }
     serde_json::from_str(&text).unwrap()
 }
@@ -260,9 +308,18 @@ pub fn pair(env: &Env, remote_timeout_ms: Option<u64>) -> Pair {
     Pair {
         sec,
         pri,
-        ingress: Export { port: p, nqn: "nqn.2016-06.io.spdk:svm0-ingress".into() },
-        top: Export { port: p + 1, nqn: "nqn.2016-06.io.spdk:svm0".into() },
-        primary: Export { port: p + 2, nqn: "nqn.2016-06.io.spdk:pvm0".into() },
+        ingress: Export {
+            port: p,
+            nqn: "nqn.2016-06.io.spdk:svm0-ingress".into(),
+        },
+        top: Export {
+            port: p + 1,
+            nqn: "nqn.2016-06.io.spdk:svm0".into(),
+        },
+        primary: Export {
+            port: p + 2,
+            nqn: "nqn.2016-06.io.spdk:pvm0".into(),
+        },
     }
 }
 
@@ -279,16 +336,34 @@ fn initiator_config(env: &Env, exp: &Export, tag: &str) -> PathBuf {
 
 fn spdk_tool(env: &Env, tool: &str, tag: &str) -> Command {
     let mut c = Command::new(env.spdk_bin.join(tool));
-    c.env("LD_LIBRARY_PATH", env.spdk_bin.parent().unwrap().join("lib"))
-        .args(["--no-huge", "-s", "1024", "--no-pci", "--disable-cpumask-locks", "-m", "0x1"])
-        .arg("-r")
-        .arg(env.tmp.path().join(format!("{tool}-{tag}.sock")));
+    c.env(
+        "LD_LIBRARY_PATH",
+        env.spdk_bin.parent().unwrap().join("lib"),
+    )
+    .args([
+        "--no-huge",
+        "-s",
+        "1024",
+        "--no-pci",
+        "--disable-cpumask-locks",
+        "-m",
+        "0x1",
+    ])
+    .arg("-r")
+    .arg(env.tmp.path().join(format!("{tool}-{tag}.sock")));
     c
 }
 
 fn run(mut c: Command, what: &str) -> Result<String, String> {
-    let out = c.stdin(Stdio::null()).output().map_err(|e| format!("{what}: {e}"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // spdk_dd exits 0 even when I/O fails; the NVMe initiator logs every failed completion.
     let io_failed = text.contains("*ERROR*") || text.contains("DEVICE ERROR");
     if out.status.success() && !io_failed {
@@ -303,8 +378,15 @@ pub fn dd_write(env: &Env, exp: &Export, lba: u64, data: &[u8]) -> Result<(), St
     let input = env.tmp.path().join(format!("dd-in-{}-{lba}", exp.port));
     std::fs::write(&input, data).unwrap();
     let mut c = spdk_tool(env, "spdk_dd", "w");
-    c.arg("--json").arg(initiator_config(env, exp, "w")).arg(format!("--if={}", input.display()));
-    c.args(["--ob=tn1", &format!("--bs={BS}"), &format!("--seek={lba}"), "--qd=8"]);
+    c.arg("--json")
+        .arg(initiator_config(env, exp, "w"))
+        .arg(format!("--if={}", input.display()));
+    c.args([
+        "--ob=tn1",
+        &format!("--bs={BS}"),
+        &format!("--seek={lba}"),
+        "--qd=8",
+    ]);
     run(c, "spdk_dd write").map(drop)
 }
 
@@ -314,26 +396,60 @@ pub fn dd_read(env: &Env, exp: &Export, lba: u64, blocks: u64) -> Result<Vec<u8>
     let out = env.tmp.path().join(format!("dd-out-{}-{lba}", exp.port));
     std::fs::write(&out, vec![SENTINEL; (blocks * BS) as usize]).unwrap();
     let mut c = spdk_tool(env, "spdk_dd", "r");
-    c.arg("--json").arg(initiator_config(env, exp, "r")).arg(format!("--of={}", out.display()));
-    c.args(["--ib=tn1", &format!("--bs={BS}"), &format!("--skip={lba}"), &format!("--count={blocks}"), "--qd=8"]);
+    c.arg("--json")
+        .arg(initiator_config(env, exp, "r"))
+        .arg(format!("--of={}", out.display()));
+    c.args([
+        "--ib=tn1",
+        &format!("--bs={BS}"),
+        &format!("--skip={lba}"),
+        &format!("--count={blocks}"),
+        "--qd=8",
+    ]);
     run(c, "spdk_dd read")?;
     Ok(std::fs::read(&out).unwrap())
 }
 
 /// bdevperf against an export; returns its output. `extra` adds workload options.
-pub fn bdevperf(env: &Env, exp: &Export, workload: &str, secs: u32, extra: &[&str]) -> Result<String, String> {
+pub fn bdevperf(
+    env: &Env,
+    exp: &Export,
+    workload: &str,
+    secs: u32,
+    extra: &[&str],
+) -> Result<String, String> {
     let mut c = spdk_tool(env, "bdevperf", workload);
     c.arg("--json").arg(initiator_config(env, exp, workload));
-    c.args(["-q", "16", "-o", "4096", "-w", workload, "-t", &secs.to_string()]).args(extra);
+    c.args([
+        "-q",
+        "16",
+        "-o",
+        "4096",
+        "-w",
+        workload,
+        "-t",
+        &secs.to_string(),
+    ])
+    .args(extra);
     run(c, "bdevperf")
 }
 
 pub fn bdevperf_spawn(env: &Env, exp: &Export, workload: &str, secs: u32) -> Child {
     let mut c = spdk_tool(env, "bdevperf", workload);
     c.arg("--json").arg(initiator_config(env, exp, workload));
-    c.args(["-q", "16", "-o", "4096", "-w", workload, "-t", &secs.to_string()]);
+    c.args([
+        "-q",
+        "16",
+        "-o",
+        "4096",
+        "-w",
+        workload,
+        "-t",
+        &secs.to_string(),
+    ]);
     let log = env.tmp.path().join(format!("bdevperf-{workload}.log"));
-    c.stdout(std::fs::File::create(&log).unwrap()).stderr(Stdio::null());
+    c.stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null());
     c.spawn().expect("bdevperf")
 }
 
@@ -343,8 +459,15 @@ pub fn assert_runs(data: &[u8], runs: &[(u64, u8)], what: &str) {
     assert_eq!(data.len() as u64, total, "{what}: length");
     let mut pos = 0usize;
     for &(len, byte) in runs {
-        if let Some(i) = data[pos..pos + len as usize].iter().position(|&b| b != byte) {
-            panic!("{what}: byte {} is {:#04x}, expected {byte:#04x}", pos + i, data[pos + i]);
+        if let Some(i) = data[pos..pos + len as usize]
+            .iter()
+            .position(|&b| b != byte)
+        {
+            panic!(
+                "{what}: byte {} is {:#04x}, expected {byte:#04x}",
+                pos + i,
+                data[pos + i]
+            );
         }
         pos += len as usize;
     }
@@ -352,4 +475,20 @@ pub fn assert_runs(data: &[u8], runs: &[(u64, u8)], what: &str) {
 
 pub fn fill(len: u64, byte: u8) -> Vec<u8> {
     vec![byte; len as usize]
+}
+
+/// bdevperf's `Total` line: (IOPS, failed I/O per second, timed-out I/O per second).
+pub fn bdevperf_total(out: &str) -> (f64, f64, f64) {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("Total"))
+        .unwrap_or_else(|| panic!("no Total line in bdevperf output:\n{out}"));
+    let f: Vec<f64> = line
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0], f[2], f[3])
 }

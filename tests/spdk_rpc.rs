@@ -1,0 +1,375 @@
+//! The RPC contract on a real `replication_tgt`, through SPDK's own Python client (raw
+//! calls and `spdk-rpc` with the project's plugin) and through `replctl`; save_config and a
+//! restart from the saved file.
+
+mod spdk;
+
+use serde_json::{Value, json};
+use spdk::*;
+
+fn malloc(app: &App, name: &str, blocks: u64, bs: u64) {
+    app.ok(
+        "bdev_malloc_create",
+        json!({"name": name, "num_blocks": blocks, "block_size": bs}),
+    );
+}
+
+fn bdev_names(app: &App) -> Vec<String> {
+    let mut v: Vec<String> = app
+        .ok("bdev_get_bdevs", Value::Null)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn claimed(app: &App, name: &str) -> bool {
+    app.ok("bdev_get_bdevs", json!({"name": name}))[0]["claimed"]
+        .as_bool()
+        .unwrap()
+}
+
+fn empty_app(env: &Env, name: &str) -> App {
+    App::start(env, name, &json!({"subsystems": []}), 0)
+}
+
+#[test]
+fn create_errors_name_the_parameter_and_leave_nothing() {
+    let Some(env) = env("create_errors_name_the_parameter_and_leave_nothing") else {
+        return;
+    };
+    let app = empty_app(&env, "rpc-errors");
+    for n in ["b0", "h0", "a0", "m1"] {
+        malloc(&app, n, 2048, 4096);
+    }
+    malloc(&app, "small", 1024, 4096);
+    malloc(&app, "b512", 16384, 512);
+    let before = bdev_names(&app);
+    let sec = |extra: Value| {
+        let mut p = json!({"name": "s0", "mode": "secondary", "base_bdev": "b0", "hidden_bdev": "h0", "active_bdev": "a0"});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                p.as_object_mut().unwrap().remove(k);
+            } else {
+                p[k] = v.clone();
+            }
+        }
+        p
+    };
+    let cases: Vec<(Value, i64, &str)> = vec![
+        (
+            sec(json!({"base_bdev": null})),
+            -22,
+            "base_bdev: required with mode secondary",
+        ),
+        (
+            sec(json!({"local_bdev": "m1"})),
+            -22,
+            "local_bdev: not valid with mode secondary",
+        ),
+        (
+            sec(json!({"base_bdev": "nope"})),
+            -19,
+            "base_bdev: cannot open bdev nope",
+        ),
+        (
+            sec(json!({"hidden_bdev": "b0"})),
+            -22,
+            "hidden_bdev: bdev b0 is already used as base_bdev",
+        ),
+        (
+            sec(json!({"active_bdev": "small"})),
+            -22,
+            "active_bdev: size 1024 blocks differs from the base's 2048",
+        ),
+        (
+            sec(json!({"hidden_bdev": "b512"})),
+            -22,
+            "hidden_bdev: block size 512 differs from the base's 4096",
+        ),
+        (
+            sec(json!({"cow_granularity": 3000})),
+            -22,
+            "cow_granularity: 3000 must be a power of two",
+        ),
+        (
+            sec(json!({"ingress_name": "s0"})),
+            -22,
+            "ingress_name: must be non-empty and differ from name",
+        ),
+        (
+            sec(json!({"name": "m1"})),
+            -17,
+            "name: bdev m1 already exists",
+        ),
+        (
+            sec(json!({"mode": "tertiary"})),
+            -32602,
+            "mode: unknown variant `tertiary`",
+        ),
+        (
+            sec(json!({"colour": "blue"})),
+            -32602,
+            "colour: unknown field `colour`",
+        ),
+        (
+            json!({"name": "p0", "mode": "primary", "local_bdev": "m1"}),
+            -22,
+            "remote_bdev: required with mode primary",
+        ),
+        (
+            json!({"name": "p0", "mode": "primary", "local_bdev": "m1", "remote_bdev": "b0", "remote_timeout_ms": 0}),
+            -22,
+            "remote_timeout_ms: must be greater than 0",
+        ),
+    ];
+    for (params, code, msg) in cases {
+        let err = app
+            .rpc("bdev_replication_create", params.clone())
+            .expect_err(&params.to_string());
+        assert_eq!(err.0, code, "{params}: {err:?}");
+        assert!(
+            err.1.starts_with(msg),
+            "{params}: got {:?}, want {msg:?}",
+            err.1
+        );
+        assert_eq!(bdev_names(&app), before, "{params} left something behind");
+        for n in ["b0", "h0", "a0", "m1"] {
+            assert!(!claimed(&app, n), "{params} left {n} claimed");
+        }
+    }
+    // Already claimed by another module.
+    app.ok(
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "a0", "name": "pt"}),
+    );
+    let err = app
+        .rpc("bdev_replication_create", sec(json!({})))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        (-16, "active_bdev: bdev a0 is already claimed".to_string())
+    );
+    assert!(!claimed(&app, "b0") && !claimed(&app, "h0"));
+    app.ok("bdev_passthru_delete", json!({"name": "pt"}));
+    assert_eq!(
+        app.ok("bdev_replication_create", sec(json!({}))),
+        json!("s0")
+    );
+    assert!(claimed(&app, "b0") && claimed(&app, "h0") && claimed(&app, "a0"));
+    let err = app
+        .rpc("bdev_replication_create", sec(json!({"name": "s1"})))
+        .unwrap_err();
+    assert_eq!(err.0, -16, "{err:?}");
+    let err = app
+        .rpc("bdev_replication_delete", json!({"name": "zz"}))
+        .unwrap_err();
+    assert_eq!(err, (-19, "name: no replication bdev named zz".to_string()));
+}
+
+#[test]
+fn control_rpcs_stage_rules_and_all_semantics() {
+    let Some(env) = env("control_rpcs_stage_rules_and_all_semantics") else {
+        return;
+    };
+    let app = empty_app(&env, "rpc-control");
+    for n in ["b0", "h0", "a0", "l0", "r0"] {
+        malloc(&app, n, 2048, 4096);
+    }
+    // Created through SPDK's CLI with the plugin, and through replctl.
+    let out = app.spdk_rpc(&[
+        "bdev_replication_create",
+        "-b",
+        "s0",
+        "-m",
+        "secondary",
+        "--base-bdev",
+        "b0",
+        "--hidden-bdev",
+        "h0",
+        "--active-bdev",
+        "a0",
+        "--cow-granularity",
+        "65536",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"s0\"");
+    let out = app.replctl(
+        &env,
+        &[
+            "create",
+            "--name",
+            "p0",
+            "--mode",
+            "primary",
+            "--local-bdev",
+            "l0",
+            "--remote-bdev",
+            "r0",
+            "--remote-timeout-ms",
+            "250",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "p0");
+
+    let errors = app.ok("bdev_replication_get_error", Value::Null);
+    assert_eq!(
+        errors,
+        json!([
+            {"name": "p0", "stage": "none", "error": "Block replication is not running"},
+            {"name": "s0", "stage": "none", "error": "Block replication is not running"},
+        ])
+    );
+    // Stage errors, with the spec's texts and the bdev's name.
+    let e = app
+        .rpc("bdev_replication_checkpoint", json!({"name": "s0"}))
+        .unwrap_err();
+    assert_eq!(e, (-1, "s0: Block replication is not running".into()));
+    let e = app
+        .rpc(
+            "bdev_replication_start",
+            json!({"name": "s0", "mode": "primary"}),
+        )
+        .unwrap_err();
+    assert_eq!(e.0, -22, "{e:?}");
+    // Start all: most recent first (p0, then s0).
+    app.ok("bdev_replication_start", Value::Null);
+    let e = app.rpc("bdev_replication_start", Value::Null).unwrap_err();
+    assert_eq!(
+        e,
+        (-1, "p0: Block replication is running or done".into()),
+        "stops at the first error"
+    );
+    let out = app.replctl(&env, &["start", "s0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("s0: Block replication is running or done")
+    );
+    assert!(
+        app.spdk_rpc(&["bdev_replication_checkpoint"])
+            .status
+            .success()
+    );
+    let st = app.status("s0");
+    assert_eq!(
+        (
+            st["stage"].as_str(),
+            st["cow_granularity"].as_u64(),
+            st["ingress_name"].as_str()
+        ),
+        (Some("running"), Some(65536), Some("s0_ingress"))
+    );
+    assert_eq!(st["counters"]["checkpoints"], json!(1));
+    assert_eq!(st["merge"], json!({"total_bytes": 0, "done_bytes": 0}));
+    let st = app.status("p0");
+    assert_eq!(
+        (
+            st["mode"].as_str(),
+            st["remote_timeout_ms"].as_u64(),
+            st["error"].clone()
+        ),
+        (Some("primary"), Some(250), Value::Null)
+    );
+    // bdev_get_bdevs shows driver_specific.replication for each of our bdevs.
+    for (bdev, role) in [("s0", "top"), ("s0_ingress", "ingress"), ("p0", "primary")] {
+        let b = app.ok("bdev_get_bdevs", json!({"name": bdev}))[0].clone();
+        assert_eq!(
+            b["driver_specific"]["replication"]["role"],
+            json!(role),
+            "{b}"
+        );
+        assert_eq!(b["product_name"], json!("COLO replication"));
+    }
+    // replctl status/get-error and stop --failover --wait.
+    let out = app.replctl(&env, &["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let out = app.replctl(&env, &["stop", "--failover", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(app.status("s0")["stage"], "done");
+    assert_eq!(app.status("p0")["stage"], "done");
+    // Done: start/stop/checkpoint accepted and ignored.
+    app.ok("bdev_replication_start", json!({"mode": "primary"}));
+    app.ok("bdev_replication_checkpoint", Value::Null);
+    app.ok("bdev_replication_stop", json!({"failover": true}));
+    // Delete through replctl: bdevs gone, bases released.
+    let out = app.replctl(&env, &["delete", "s0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!bdev_names(&app).contains(&"s0_ingress".to_string()));
+    assert!(!claimed(&app, "b0") && !claimed(&app, "h0") && !claimed(&app, "a0"));
+}
+
+#[test]
+fn save_config_then_restart_recreates_the_bdevs() {
+    let Some(env) = env("save_config_then_restart_recreates_the_bdevs") else {
+        return;
+    };
+    let mut app = empty_app(&env, "rpc-save");
+    for n in ["b0", "h0", "a0", "l0", "r0"] {
+        malloc(&app, n, 2048, 4096);
+    }
+    app.ok("bdev_replication_create", json!({"name": "s0", "mode": "secondary", "base_bdev": "b0", "hidden_bdev": "h0", "active_bdev": "a0", "ingress_name": "s0_in"}));
+    app.ok(
+        "bdev_replication_create",
+        json!({"name": "p0", "mode": "primary", "local_bdev": "l0", "remote_bdev": "r0"}),
+    );
+    let out = std::process::Command::new("spdk-rpc")
+        .arg("-s")
+        .arg(&app.sock)
+        .arg("save_config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let saved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bdev_cfg = saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == "bdev")
+        .unwrap()["config"]
+        .clone();
+    let ours: Vec<Value> = bdev_cfg
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["method"] == "bdev_replication_create")
+        .map(|e| e["params"].clone())
+        .collect();
+    assert_eq!(
+        ours,
+        vec![
+            json!({"name": "s0", "mode": "secondary", "base_bdev": "b0", "hidden_bdev": "h0", "active_bdev": "a0", "ingress_name": "s0_in", "cow_granularity": 16384}),
+            json!({"name": "p0", "mode": "primary", "local_bdev": "l0", "remote_bdev": "r0", "remote_timeout_ms": 1000}),
+        ]
+    );
+    let status_before: Vec<Value> = ["s0", "p0"].iter().map(|n| app.status(n)).collect();
+    let names_before = bdev_names(&app);
+    app.stop();
+    let path = env.tmp.path().join("saved.json");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let app = App::start_file(&env, "rpc-restored", &path, 0);
+    assert_eq!(bdev_names(&app), names_before);
+    for (n, before) in ["s0", "p0"].iter().zip(status_before) {
+        assert_eq!(app.status(n), before, "{n} after restart");
+    }
+}
