@@ -373,3 +373,81 @@ fn save_config_then_restart_recreates_the_bdevs() {
         assert_eq!(app.status(n), before, "{n} after restart");
     }
 }
+
+#[test]
+fn hot_remove_of_base_bdevs() {
+    let Some(env) = env("hot_remove_of_base_bdevs") else {
+        return;
+    };
+    let app = empty_app(&env, "rpc-hotremove");
+    for n in ["b0", "h0", "a0", "l0", "r0"] {
+        malloc(&app, n, 2048, 4096);
+    }
+    app.ok("bdev_replication_create", json!({"name": "s0", "mode": "secondary", "base_bdev": "b0", "hidden_bdev": "h0", "active_bdev": "a0"}));
+    app.ok(
+        "bdev_replication_create",
+        json!({"name": "p0", "mode": "primary", "local_bdev": "l0", "remote_bdev": "r0"}),
+    );
+    app.ok("bdev_replication_start", Value::Null);
+    // The primary's remote leg goes away: the link is broken, the bdev stays.
+    app.ok("bdev_malloc_delete", json!({"name": "r0"}));
+    let st = app.status("p0");
+    assert_eq!(
+        (
+            st["stage"].clone(),
+            st["error"].clone(),
+            st["link_broken"].clone()
+        ),
+        (json!("running"), json!("I/O error occurred"), json!(true)),
+        "{st}"
+    );
+    assert!(bdev_names(&app).contains(&"p0".to_string()));
+    // Any other base goes away: the replication bdev goes away cleanly.
+    app.ok("bdev_malloc_delete", json!({"name": "h0"}));
+    let names = bdev_names(&app);
+    assert!(
+        !names.contains(&"s0".to_string()) && !names.contains(&"s0_ingress".to_string()),
+        "{names:?}"
+    );
+    assert!(!claimed(&app, "b0") && !claimed(&app, "a0"));
+    assert_eq!(
+        app.ok("bdev_replication_get_status", Value::Null)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    app.ok("bdev_malloc_delete", json!({"name": "l0"}));
+    assert!(
+        app.ok("bdev_replication_get_status", Value::Null)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!claimed(&app, "b0"));
+}
+
+#[test]
+fn top_exports_as_vhost_blk() {
+    let Some(env) = env("top_exports_as_vhost_blk") else {
+        return;
+    };
+    let app = empty_app(&env, "rpc-vhost");
+    for n in ["b0", "h0", "a0"] {
+        malloc(&app, n, 2048, 4096);
+    }
+    app.ok("bdev_replication_create", json!({"name": "s0", "mode": "secondary", "base_bdev": "b0", "hidden_bdev": "h0", "active_bdev": "a0"}));
+    let ctrlr = env.tmp.path().join("vhost.0");
+    app.ok(
+        "vhost_create_blk_controller",
+        json!({"ctrlr": "vhost.0", "dev_name": "s0"}),
+    );
+    let ctrls = app.ok("vhost_get_controllers", Value::Null);
+    assert_eq!(
+        ctrls[0]["backend_specific"]["block"]["bdev"],
+        json!("s0"),
+        "{ctrls}"
+    );
+    assert!(ctrlr.exists(), "vhost-user socket");
+    app.ok("vhost_delete_controller", json!({"ctrlr": "vhost.0"}));
+}

@@ -124,6 +124,8 @@ impl App {
         let log = dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&sock);
         let child = Command::new(&env.tgt)
+            // vhost-user sockets are created relative to the working directory.
+            .current_dir(dir)
             .args([
                 "--no-huge",
                 "-s",
