@@ -92,7 +92,13 @@ fn main() {
     println!("cargo:rerun-if-changed=shim");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
 
-    let lib = probe(None).or_else(|| {
+    // Lets a machine with SPDK check the build without it.
+    println!("cargo:rerun-if-env-changed=SPDK_SYS_NO_SPDK");
+    let disabled = env::var_os("SPDK_SYS_NO_SPDK").is_some();
+    let lib = (!disabled).then(|| probe(None)).flatten().or_else(|| {
+        if disabled {
+            return None;
+        }
         candidate_pkgconfig_dirs()
             .iter()
             .find_map(|d| probe(Some(d)))
