@@ -176,7 +176,7 @@ fn bdevperf_verify_on_every_export() {
         ("top", &p.top),
         ("ingress", &p.ingress),
     ] {
-        let out = bdevperf(&env, exp, "verify", 2, &[]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let out = bdevperf(&env, exp, "verify", 2).unwrap_or_else(|e| panic!("{what}: {e}"));
         let (iops, failed, timed_out) = bdevperf_total(&out);
         assert!(
             iops > 0.0 && failed == 0.0 && timed_out == 0.0,

@@ -379,9 +379,18 @@ unsafe extern "C" fn gated_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut
     unsafe {
         s::spdk_bdev_free_io(child);
         let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        secondary_of(bdev_io).gate().exit();
-        complete(bdev_io, ok);
+        finish_gated(secondary_of(bdev_io), bdev_io, ok);
     }
+}
+
+/// Completes a request that holds a raw gate entry.
+unsafe fn finish_gated(
+    sec: &crate::engine::Secondary<super::dev::SpdkDev>,
+    bdev_io: *mut s::spdk_bdev_io,
+    ok: bool,
+) {
+    sec.gate().exit();
+    unsafe { complete(bdev_io, ok) };
 }
 
 unsafe fn secondary_of(
@@ -453,8 +462,7 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                 let mut segs = match sec.plan_top_read(r.lba, r.blocks) {
                     Ok(s) => s,
                     Err(_) => {
-                        sec.gate().exit();
-                        complete(bdev_io, false);
+                        finish_gated(sec, bdev_io, false);
                         return;
                     }
                 };
@@ -467,8 +475,7 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                 match seg.source {
                     Source::Zero => {
                         zero_iovs(&r);
-                        sec.gate().exit();
-                        complete(bdev_io, true);
+                        finish_gated(sec, bdev_io, true);
                     }
                     Source::Active => {
                         issue_on(node, chan, ACTIVE, op, bdev_io, Some(gated_done), true)
@@ -506,8 +513,7 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                     _ => {
                         // Allocated as zero: metadata only.
                         sec.mark_active(r.lba, r.blocks, AllocState::Zero);
-                        sec.gate().exit();
-                        complete(bdev_io, true);
+                        finish_gated(sec, bdev_io, true);
                     }
                 },
                 TopWritePlan::Base => {
@@ -518,8 +524,7 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                     slow(bdev_io);
                 }
                 TopWritePlan::Refused => {
-                    sec.gate().exit();
-                    complete(bdev_io, false);
+                    finish_gated(sec, bdev_io, false);
                 }
             },
         }
@@ -535,8 +540,7 @@ unsafe extern "C" fn active_write_done(child: *mut s::spdk_bdev_io, ok: bool, ar
             let r = req(bdev_io);
             sec.mark_active(r.lba, r.blocks, AllocState::Data);
         }
-        sec.gate().exit();
-        complete(bdev_io, ok);
+        finish_gated(sec, bdev_io, ok);
     }
 }
 
@@ -548,8 +552,7 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
         let bdev_io: *mut s::spdk_bdev_io = arg.cast();
         let sec = secondary_of(bdev_io);
         if !ok {
-            sec.gate().exit();
-            complete(bdev_io, false);
+            finish_gated(sec, bdev_io, false);
             return;
         }
         let ctx = ctx_of(bdev_io);
@@ -561,8 +564,7 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
         let mut redo: Vec<(u64, u64)> = Vec::new();
         sec.revalidate_base_read(&seg, |l, k| redo.push((l, k)));
         if redo.is_empty() {
-            sec.gate().exit();
-            complete(bdev_io, true);
+            finish_gated(sec, bdev_io, true);
             return;
         }
         exec::spawn(async move {
@@ -571,8 +573,7 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
             for (lba, k) in redo {
                 ok &= read_into_guest(sec.hidden(), &r, lba, k).await.is_ok();
             }
-            sec.gate().exit();
-            complete(bdev_io, ok);
+            finish_gated(sec, bdev_io, ok);
         });
     }
 }
@@ -606,8 +607,7 @@ unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                     }
                     IngressWritePlan::Refused => {
                         sec.count_ingress_refused();
-                        sec.gate().exit();
-                        complete(bdev_io, false);
+                        finish_gated(sec, bdev_io, false);
                     }
                 }
             }

@@ -412,31 +412,7 @@ pub fn dd_read(env: &Env, exp: &Export, lba: u64, blocks: u64) -> Result<Vec<u8>
     Ok(std::fs::read(&out).unwrap())
 }
 
-/// bdevperf against an export; returns its output. `extra` adds workload options.
-pub fn bdevperf(
-    env: &Env,
-    exp: &Export,
-    workload: &str,
-    secs: u32,
-    extra: &[&str],
-) -> Result<String, String> {
-    let mut c = spdk_tool(env, "bdevperf", workload);
-    c.arg("--json").arg(initiator_config(env, exp, workload));
-    c.args([
-        "-q",
-        "16",
-        "-o",
-        "4096",
-        "-w",
-        workload,
-        "-t",
-        &secs.to_string(),
-    ])
-    .args(extra);
-    run(c, "bdevperf")
-}
-
-pub fn bdevperf_spawn(env: &Env, exp: &Export, workload: &str, secs: u32) -> Child {
+fn bdevperf_cmd(env: &Env, exp: &Export, workload: &str, secs: u32) -> Command {
     let mut c = spdk_tool(env, "bdevperf", workload);
     c.arg("--json").arg(initiator_config(env, exp, workload));
     c.args([
@@ -449,6 +425,17 @@ pub fn bdevperf_spawn(env: &Env, exp: &Export, workload: &str, secs: u32) -> Chi
         "-t",
         &secs.to_string(),
     ]);
+    c
+}
+
+/// bdevperf (QD16, 4 KiB) against an export; returns its output.
+pub fn bdevperf(env: &Env, exp: &Export, workload: &str, secs: u32) -> Result<String, String> {
+    run(bdevperf_cmd(env, exp, workload, secs), "bdevperf")
+}
+
+/// bdevperf in the background; its output goes to `bdevperf-<workload>.log` in the tmp dir.
+pub fn bdevperf_spawn(env: &Env, exp: &Export, workload: &str, secs: u32) -> Child {
+    let mut c = bdevperf_cmd(env, exp, workload, secs);
     let log = env.tmp.path().join(format!("bdevperf-{workload}.log"));
     c.stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::null());
