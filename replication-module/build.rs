@@ -16,7 +16,10 @@ fn main() {
     // Every SPDK library, even those nothing here references: the .so then pulls in the
     // same set as replication_tgt when preloaded into a smaller app.
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    for lib in env::var("DEP_SPDK_LIBS").unwrap_or_default().split_whitespace() {
+    for lib in env::var("DEP_SPDK_LIBS")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
         println!("cargo:rustc-link-arg=-l{lib}");
     }
     println!("cargo:rustc-link-arg=-Wl,--as-needed");

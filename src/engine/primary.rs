@@ -135,6 +135,11 @@ impl<D: BlockDevice + Clone> Primary<D> {
         }
     }
 
+    /// For hosts that forward on their own fast path (the driver counts its own).
+    pub fn count_forwarded(&self) {
+        self.forwarded.fetch_add(1, Relaxed);
+    }
+
     /// Records a failed (or timed-out) remote request and stops forwarding.
     pub fn record_remote_failure(&self, link_gen: u64, timed_out: bool) {
         if self.link_gen.load(SeqCst) != link_gen {
@@ -249,7 +254,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
         let PrimaryWritePlan::Both { link_gen } = self.plan_write() else {
             return local.await;
         };
-        self.forwarded.fetch_add(1, Relaxed);
+        self.count_forwarded();
         let remote = Box::pin(issue(self.remote.clone(), lba, op));
         let remote_leg = async {
             match select(remote, Box::pin(rt.sleep(self.config.remote_timeout))).await {

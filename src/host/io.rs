@@ -872,6 +872,7 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
             return;
         }
         let Some(link_gen) = forward else { return };
+        p.count_forwarded();
         let mut rr = shared.free.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(RemoteReq {
                 shared: None,
