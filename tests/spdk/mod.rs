@@ -36,7 +36,9 @@ fn which(cmd: &str) -> bool {
 /// The environment, or `None` after printing one line saying what is missing.
 pub fn env(test: &str) -> Option<Env> {
     let skip = |why: String| {
-        println!("skipped {test}: {why}");
+        // Straight to stderr: libtest captures the print macros, and this line must show.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
         None
     };
     if !spdk_replication::SPDK_FOUND {
