@@ -121,6 +121,11 @@ impl App {
     }
 
     pub fn start_file(env: &Env, name: &str, cfg: &Path, core: u32) -> App {
+        Self::start_mask(env, name, cfg, &format!("{:#x}", 1u32 << core))
+    }
+
+    /// Starts with an SPDK core mask (several reactors when it has several bits).
+    pub fn start_mask(env: &Env, name: &str, cfg: &Path, mask: &str) -> App {
         let dir = env.tmp.path();
         let sock = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
@@ -135,7 +140,7 @@ impl App {
                 "--no-pci",
                 "--disable-cpumask-locks",
             ])
-            .args(["-m", &format!("{:#x}", 1u32 << core)])
+            .args(["-m", mask])
             .arg("-r")
             .arg(&sock)
             .arg("--json")
@@ -437,7 +442,12 @@ pub fn bdevperf(env: &Env, exp: &Export, workload: &str, secs: u32) -> Result<St
 
 /// bdevperf in the background; its output goes to `bdevperf-<workload>.log` in the tmp dir.
 pub fn bdevperf_spawn(env: &Env, exp: &Export, workload: &str, secs: u32) -> Child {
+    bdevperf_spawn_on(env, exp, workload, secs, "0x1")
+}
+
+pub fn bdevperf_spawn_on(env: &Env, exp: &Export, workload: &str, secs: u32, mask: &str) -> Child {
     let mut c = bdevperf_cmd(env, exp, workload, secs);
+    c.args(["-m", mask]);
     let log = env.tmp.path().join(format!("bdevperf-{workload}.log"));
     c.stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::null());
