@@ -451,3 +451,64 @@ fn top_exports_as_vhost_blk() {
     assert!(ctrlr.exists(), "vhost-user socket");
     app.ok("vhost_delete_controller", json!({"ctrlr": "vhost.0"}));
 }
+
+/// Spec 5.5: deleting the bdev while the merge runs waits for the merge; the base is never
+/// left half-merged. The base is a `bdev_delay` with 20 ms writes, so the merge of 32
+/// clusters is still running when the delete arrives.
+#[test]
+fn delete_during_merge_waits_for_it() {
+    let Some(env) = env("delete_during_merge_waits_for_it") else {
+        return;
+    };
+    let app = empty_app(&env, "rpc-delete-merge");
+    for n in ["m0", "h0", "a0"] {
+        malloc(&app, n, 4096, 4096);
+    }
+    app.ok("bdev_delay_create", json!({"base_bdev_name": "m0", "name": "slow0", "avg_read_latency": 0, "p99_read_latency": 0, "avg_write_latency": 20000, "p99_write_latency": 20000}));
+    app.ok("bdev_replication_create", json!({"name": "s0", "mode": "secondary", "base_bdev": "slow0", "hidden_bdev": "h0", "active_bdev": "a0", "cow_granularity": 65536}));
+    let port = ports();
+    let export = |nqn: &str, bdev: &str| {
+        app.ok(
+            "nvmf_create_subsystem",
+            json!({"nqn": nqn, "allow_any_host": true}),
+        );
+        app.ok(
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": nqn, "namespace": {"bdev_name": bdev}}),
+        );
+        app.ok("nvmf_subsystem_add_listener", json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}));
+        Export {
+            port,
+            nqn: nqn.into(),
+        }
+    };
+    app.ok("nvmf_create_transport", json!({"trtype": "TCP"}));
+    let top = export("nqn.2016-06.io.spdk:s0", "s0");
+    app.ok("bdev_replication_start", json!({}));
+    const DATA: u64 = 2 << 20;
+    dd_write(&env, &top, 0, &fill(DATA, 0x3C)).unwrap();
+    app.ok(
+        "bdev_replication_stop",
+        json!({"name": "s0", "failover": true}),
+    );
+    let st = app.status("s0");
+    assert_eq!(st["stage"], "failover", "still merging: {st}");
+    assert_eq!(st["merge"]["total_bytes"], json!(DATA));
+    app.ok("bdev_replication_delete", json!({"name": "s0"}));
+    assert!(
+        app.ok("bdev_replication_get_status", Value::Null)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    app.ok(
+        "nvmf_delete_subsystem",
+        json!({"nqn": "nqn.2016-06.io.spdk:s0"}),
+    );
+    let base = export("nqn.2016-06.io.spdk:base", "slow0");
+    assert_runs(
+        &dd_read(&env, &base, 0, DATA / BS).unwrap(),
+        &[(DATA, 0x3C)],
+        "base after delete",
+    );
+}
