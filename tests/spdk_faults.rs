@@ -75,8 +75,13 @@ fn frozen_secondary_does_not_stall_the_primary() {
     let t = Instant::now();
     let r = dd_write(&env, &p.primary, 0, &fill(16 * BS, 0x22));
     let took = t.elapsed();
+    let st_frozen = p.pri.status("pvm0");
     p.sec.signal("-CONT");
     r.unwrap();
+    assert!(
+        st_frozen["counters"]["remote_timeouts"].as_u64().unwrap() >= 1,
+        "{st_frozen}"
+    );
     // Not a performance bound: a stalled primary would hang here for the NVMe-oF
     // initiator's own timeouts (tens of seconds) or for ever.
     assert!(took < Duration::from_secs(30), "the write took {took:?}");
@@ -90,5 +95,43 @@ fn frozen_secondary_does_not_stall_the_primary() {
         &dd_read(&env, &p.primary, 0, 16).unwrap(),
         &[(16 * BS, 0x22)],
         "primary keeps the write",
+    );
+}
+
+/// Timed-out remote requests outlive their guest requests, the channel and even the bdev:
+/// delete the primary while the secondary is frozen, then let the secondary go on.
+#[test]
+fn timed_out_remote_requests_outlive_a_deleted_primary() {
+    let Some(env) = env("timed_out_remote_requests_outlive_a_deleted_primary") else {
+        return;
+    };
+    let p = pair(&env, Some(300));
+    p.sec.ok("bdev_replication_start", json!({}));
+    p.pri.ok("bdev_replication_start", json!({}));
+    p.sec.signal("-STOP");
+    let r = dd_write(&env, &p.primary, 0, &fill(64 * BS, 0x31));
+    let st = p.pri.status("pvm0");
+    let deleted = p
+        .pri
+        .rpc("bdev_replication_delete", json!({"name": "pvm0"}));
+    p.sec.signal("-CONT");
+    r.unwrap();
+    assert!(
+        st["counters"]["remote_timeouts"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    deleted.unwrap();
+    // The late completions land after the bdev is gone: the app lives on, claims released.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        p.pri.ok("bdev_replication_get_status", json!(null)),
+        json!([])
+    );
+    let bdevs = p.pri.ok("bdev_get_bdevs", json!({"name": "pvm0_local"}));
+    assert_eq!(bdevs[0]["claimed"], json!(false), "{bdevs}");
+    assert!(
+        !p.pri.log_text().contains("panicked"),
+        "{}",
+        p.pri.log_text()
     );
 }

@@ -162,13 +162,19 @@ pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void
             let timeout_us = p.config().remote_timeout.as_micros() as u64;
             // SAFETY: FFI.
             let hz = unsafe { s::spdk_get_ticks_hz() };
+            // SAFETY: the io_device is the node's `Arc` allocation (see `Node::io_device`).
+            let node_arc = unsafe {
+                std::sync::Arc::increment_strong_count(io_device as *const Node);
+                std::sync::Arc::from_raw(io_device as *const Node)
+            };
             let shared = Rc::new(RemoteShared {
-                node,
+                node: node_arc,
                 remote_ch: Cell::new(legs[1]),
                 head: Cell::new(null_mut()),
                 tail: Cell::new(null_mut()),
                 free: RefCell::new(Vec::new()),
                 timeout_ticks: timeout_us * hz / 1_000_000,
+                release_when_idle: Cell::new(false),
             });
             let period = (timeout_us / 4).clamp(1_000, 100_000);
             // SAFETY: the channel keeps the shared state alive until it unregisters this.
@@ -205,10 +211,13 @@ pub unsafe extern "C" fn channel_destroy(_io_device: *mut c_void, buf: *mut c_vo
     if !p.is_null() {
         unsafe { s::spdk_poller_unregister(&mut p) };
     }
-    if let Some(r) = &ch.remote {
-        r.remote_ch.set(null_mut());
+    let mut legs = ch.legs;
+    if let Some(r) = &ch.remote
+        && r.release_remote_when_idle()
+    {
+        legs[1] = null_mut();
     }
-    for l in ch.legs {
+    for l in legs {
         if !l.is_null() {
             unsafe { s::spdk_put_io_channel(l) };
         }
@@ -221,13 +230,14 @@ pub fn drop_remote_leg(node: std::sync::Arc<Node>) {
         unsafe {
             let ch = s::spdk_io_channel_iter_get_channel(i);
             let c = &mut *(s::spdk_sys_io_channel_get_ctx(ch) as *mut Channel);
-            if !c.legs[1].is_null() {
+            let deferred = c
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.release_remote_when_idle());
+            if !c.legs[1].is_null() && !deferred {
                 s::spdk_put_io_channel(c.legs[1]);
-                c.legs[1] = null_mut();
             }
-            if let Some(r) = &c.remote {
-                r.remote_ch.set(null_mut());
-            }
+            c.legs[1] = null_mut();
             s::spdk_for_each_channel_continue(i, 0);
         }
     }
@@ -745,7 +755,8 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
 /// Per-channel state of the primary's remote leg: requests in flight, oldest first (an
 /// intrusive list), and a free list so steady-state forwarding allocates nothing.
 pub struct RemoteShared {
-    node: *const Node,
+    /// Kept alive by in-flight remote requests, which may outlive the channel and the bdev.
+    node: std::sync::Arc<Node>,
     remote_ch: Cell<*mut s::spdk_io_channel>,
     head: Cell<*mut RemoteReq>,
     tail: Cell<*mut RemoteReq>,
@@ -753,6 +764,9 @@ pub struct RemoteShared {
     #[allow(clippy::vec_box)]
     free: RefCell<Vec<Box<RemoteReq>>>,
     timeout_ticks: u64,
+    /// The channel was given up while remote requests were still in flight: the last of
+    /// them puts the remote leg's channel (a bdev channel must outlive its I/O).
+    release_when_idle: Cell<bool>,
 }
 
 const INLINE_IOVS: usize = 16;
@@ -778,6 +792,18 @@ pub struct RemoteReq {
 }
 
 impl RemoteShared {
+    /// Stops forwarding on this channel. Returns true when requests are still in flight:
+    /// the remote channel is then put by the last of them, not by the caller.
+    fn release_remote_when_idle(&self) -> bool {
+        if self.head.get().is_null() {
+            self.remote_ch.set(null_mut());
+            false
+        } else {
+            self.release_when_idle.set(true);
+            true
+        }
+    }
+
     fn push(&self, rr: *mut RemoteReq) {
         unsafe {
             (*rr).prev = self.tail.get();
@@ -979,6 +1005,12 @@ unsafe fn remote_finish(rr: *mut RemoteReq, ok: bool) {
             p.record_remote_failure((*rr).link_gen, false);
         }
         shared.unlink(rr);
+        if shared.release_when_idle.get() && shared.head.get().is_null() {
+            let ch = shared.remote_ch.replace(null_mut());
+            if !ch.is_null() {
+                s::spdk_put_io_channel(ch);
+            }
+        }
         let guest = std::mem::replace(&mut (*rr).guest, null_mut());
         shared.free.borrow_mut().push(Box::from_raw(rr));
         if !guest.is_null() {
