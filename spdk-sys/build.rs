@@ -135,7 +135,7 @@ fn main() {
         .allowlist_function("spdk_for_each_channel(_continue)?")
         .allowlist_function("spdk_io_channel_iter_(get_channel|get_ctx|get_io_device)")
         .allowlist_function("spdk_(get_ticks|get_ticks_hz)")
-        .allowlist_function("spdk_(dma_zmalloc|dma_free)")
+        .allowlist_function("spdk_(dma_malloc|dma_free)")
         .allowlist_function("spdk_app_.*")
         .allowlist_function("spdk_json_write_.*")
         .allowlist_function(

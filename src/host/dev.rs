@@ -20,7 +20,7 @@ struct DmaAlloc(*mut u8);
 
 impl Drop for DmaAlloc {
     fn drop(&mut self) {
-        // SAFETY: allocated by spdk_dma_zmalloc and freed once.
+        // SAFETY: allocated by spdk_dma_malloc and freed once.
         unsafe { s::spdk_dma_free(self.0.cast()) };
     }
 }
@@ -35,9 +35,12 @@ pub struct SpdkBuf {
 }
 
 impl SpdkBuf {
+    /// Uninitialised: every engine use fills it (a device read, an explicit zero fill, or a
+    /// copy from the guest's iovecs) before anything reads it; zeroing would cost a memset
+    /// of a whole cluster per copy-before-write.
     pub fn alloc(len: usize) -> Self {
         // SAFETY: plain allocation; a null result is checked.
-        let ptr = unsafe { s::spdk_dma_zmalloc(len.max(1), 4096, std::ptr::null_mut()) } as *mut u8;
+        let ptr = unsafe { s::spdk_dma_malloc(len.max(1), 4096, std::ptr::null_mut()) } as *mut u8;
         assert!(!ptr.is_null(), "out of DMA memory for {len} bytes");
         SpdkBuf {
             ptr,
