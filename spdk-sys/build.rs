@@ -28,6 +28,65 @@ const PACKAGES: &[&str] = &[
     "spdk_env_dpdk_rpc",
 ];
 
+/// The SPDK functions the host calls.
+const FUNCTIONS: &[&str] = &[
+    "spdk_sys_io_channel_get_ctx",
+    "spdk_app_fini",
+    "spdk_app_opts_init",
+    "spdk_app_parse_args",
+    "spdk_app_start",
+    "spdk_bdev_close",
+    "spdk_bdev_desc_get_bdev",
+    "spdk_bdev_flush_blocks",
+    "spdk_bdev_free_io",
+    "spdk_bdev_get_block_size",
+    "spdk_bdev_get_by_name",
+    "spdk_bdev_get_io_channel",
+    "spdk_bdev_get_num_blocks",
+    "spdk_bdev_io_complete",
+    "spdk_bdev_io_get_buf",
+    "spdk_bdev_io_type_supported",
+    "spdk_bdev_module_claim_bdev",
+    "spdk_bdev_module_list_add",
+    "spdk_bdev_module_release_bdev",
+    "spdk_bdev_open_ext",
+    "spdk_bdev_queue_io_wait",
+    "spdk_bdev_read_blocks",
+    "spdk_bdev_readv_blocks",
+    "spdk_bdev_register",
+    "spdk_bdev_reset",
+    "spdk_bdev_unmap_blocks",
+    "spdk_bdev_unregister",
+    "spdk_bdev_write_blocks",
+    "spdk_bdev_write_zeroes_blocks",
+    "spdk_bdev_writev_blocks",
+    "spdk_dma_free",
+    "spdk_dma_malloc",
+    "spdk_for_each_channel",
+    "spdk_for_each_channel_continue",
+    "spdk_get_io_channel",
+    "spdk_get_thread",
+    "spdk_get_ticks",
+    "spdk_get_ticks_hz",
+    "spdk_io_channel_iter_get_channel",
+    "spdk_io_channel_iter_get_ctx",
+    "spdk_io_device_register",
+    "spdk_io_device_unregister",
+    "spdk_json_write_begin",
+    "spdk_json_write_end",
+    "spdk_json_write_name",
+    "spdk_json_write_val",
+    "spdk_json_write_val_raw",
+    "spdk_jsonrpc_begin_result",
+    "spdk_jsonrpc_end_result",
+    "spdk_jsonrpc_send_error_response",
+    "spdk_poller_register",
+    "spdk_poller_unregister",
+    "spdk_put_io_channel",
+    "spdk_rpc_register_method",
+    "spdk_thread_send_msg",
+];
+
 fn candidate_pkgconfig_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = env::var_os("SPDK_DIR") {
@@ -120,28 +179,13 @@ fn main() {
         .cloned()
         .expect("SPDK's pkg-config names its library directory");
 
-    // Bindings: only what the replication module and its application use.
+    // Bindings: only what the replication module and its application use (the types
+    // they need come along).
+    let functions = FUNCTIONS.join("|");
     let mut b = bindgen::Builder::default()
         .header("shim/wrapper.h")
         .clang_arg("-Ishim")
-        .allowlist_function("spdk_sys_.*")
-        .allowlist_function("spdk_bdev_.*")
-        .allowlist_function("spdk_(get|put)_io_channel")
-        .allowlist_function("spdk_io_(device_register|device_unregister|channel_get_thread)")
-        .allowlist_function(
-            "spdk_(get_thread|thread_send_msg|thread_get_name|thread_get_app_thread)",
-        )
-        .allowlist_function("spdk_poller_(register|unregister)")
-        .allowlist_function("spdk_for_each_channel(_continue)?")
-        .allowlist_function("spdk_io_channel_iter_(get_channel|get_ctx|get_io_device)")
-        .allowlist_function("spdk_(get_ticks|get_ticks_hz)")
-        .allowlist_function("spdk_(dma_malloc|dma_free)")
-        .allowlist_function("spdk_app_.*")
-        .allowlist_function("spdk_json_write_.*")
-        .allowlist_function(
-            "spdk_jsonrpc_(begin_result|end_result|send_error_response|send_bool_response)",
-        )
-        .allowlist_function("spdk_rpc_register_method")
+        .allowlist_function(format!("^({functions})$"))
         .allowlist_type("spdk_bdev_io_status")
         .allowlist_type("spdk_bdev_event_type")
         .allowlist_var("SPDK_RPC_RUNTIME|SPDK_RPC_STARTUP")
