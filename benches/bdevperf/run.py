@@ -13,6 +13,11 @@ carries bdevperf's per-job results.
     primary         primary, running         raid1 over two mallocs
 
 Targets: top and ingress >= 0.90 of passthru, primary >= 0.95 of raid1.
+
+`--cow-sweep` instead measures the ingress at several COW granularities: 4 KiB random and
+128 KiB sequential writes, with COW armed (checkpoints keep re-arming it during the run)
+and with COW done, next to passthru.
+
 Python 3.11, stdlib only. See README.md next to this file.
 """
 
@@ -22,6 +27,7 @@ import argparse
 import atexit
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -29,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,13 +288,21 @@ class Bdevperf:
                 steal += int(vals[7]) / CLK_TCK
         return cpu, steal
 
-    def perform(self, workload: str, secs: int, io_size: int) -> dict:
+    def perform(self, workload: str, secs: int, io_size: int, qd: int | None = None,
+                ticker: CheckpointTicker | None = None) -> dict:
+        """One `perform_tests`; with `ticker`, checkpoints keep coming while it runs."""
         params = {"workload_type": workload, "time_in_sec": secs, "io_size": str(io_size),
-                  "queue_depth": self.env.qd}
+                  "queue_depth": qd or self.env.qd}
         try:
             cpu0, steal0 = self.reactor_cpu()
             t0 = time.monotonic()
-            res = self.rpc.call("perform_tests", params, timeout=secs + 60)
+            if ticker:
+                ticker.start()
+            try:
+                res = self.rpc.call("perform_tests", params, timeout=secs + 60)
+            finally:
+                if ticker:
+                    ticker.stop()
             wall = time.monotonic() - t0
             cpu1, steal1 = self.reactor_cpu()
         except (BenchError, OSError) as e:
@@ -321,9 +336,9 @@ class Bdevperf:
             raise self.fail(f"bdev_replication_get_status: {e}") from None
         return st[0] if isinstance(st, list) else st
 
-    def prefill_ingress(self, name: str) -> dict:
+    def prefill_ingress(self, name: str, granularity: int = COW_GRANULARITY) -> dict:
         """Sequential 128 KiB writes over the ingress until every cluster is copied."""
-        clusters = NUM_BLOCKS * BLOCK // COW_GRANULARITY
+        clusters = NUM_BLOCKS * BLOCK // granularity
         t0 = time.monotonic()
         passes = []
         for _ in range(30):
@@ -343,6 +358,75 @@ class Bdevperf:
         if not self.failed and self.proc.returncode not in (0, -signal.SIGINT):
             log(f"note: {self.setup.label} bdevperf exited with {self.proc.returncode} "
                 f"(log: {self.logfile})")
+
+
+class CheckpointTicker:
+    """Keeps COW armed during a run: `bdev_replication_checkpoint` every `period` s on one
+    connection of its own, pipelined (at most two unanswered), from a thread pinned off the
+    reactor's cores. SPDK serves RPCs from a 4 ms poller, so ~250/s is the ceiling."""
+
+    def __init__(self, sock: Path, node: str, period: float, avoid_cores: set[int]):
+        self.sock, self.node, self.period = sock, node, period
+        self.avoid_cores = avoid_cores
+        self.sent = self.answered = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error:
+            raise BenchError(f"checkpoint ticker: {self.error}")
+
+    def _run(self) -> None:
+        try:
+            free = os.sched_getaffinity(0) - self.avoid_cores
+            if free:  # this thread only (Linux: pid 0 is the calling thread)
+                os.sched_setaffinity(0, free)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(self.sock))
+                dec = json.JSONDecoder()
+                buf = ""
+                due = time.monotonic()
+                deadline = None
+                while True:
+                    now = time.monotonic()
+                    if self._stop.is_set():
+                        if self.answered == self.sent:
+                            return
+                        deadline = deadline or now + 30
+                        if now > deadline:
+                            raise BenchError(f"{self.sent - self.answered} checkpoint "
+                                             "replies missing after 30 s")
+                    elif now >= due and self.sent - self.answered < 2:
+                        self.sent += 1
+                        s.sendall(json.dumps(
+                            {"jsonrpc": "2.0", "id": self.sent,
+                             "method": "bdev_replication_checkpoint",
+                             "params": {"name": self.node}}).encode())
+                        due = now + self.period
+                    wait = min(max(due - time.monotonic(), 0.0005), 0.01)
+                    if not select.select([s], [], [], wait)[0]:
+                        continue
+                    chunk = s.recv(1 << 16)
+                    if not chunk:
+                        raise BenchError("connection closed")
+                    buf += chunk.decode()
+                    while buf.strip():
+                        try:
+                            resp, end = dec.raw_decode(buf.lstrip())
+                        except ValueError:
+                            break
+                        buf = buf.lstrip()[end:]
+                        if "error" in resp:
+                            raise BenchError(f"checkpoint failed: {json.dumps(resp['error'])}")
+                        self.answered += 1
+        except (BenchError, OSError) as e:
+            self.error = str(e)
 
 
 def disturbed_run(r: dict) -> bool:
@@ -390,6 +474,255 @@ def measure(env: Env, setup: Setup, workload: str, rep: str) -> dict:
             **extra}
 
 
+# --------------------------------------------------------------------------- COW sweep
+
+SWEEP_GRANULARITIES = (4096, 16384, 65536, 262144)
+# (key, label, bdevperf workload, io size)
+SWEEP_WORKLOADS = (("rand4k", "4 KiB random write", "randwrite", 4096),
+                   ("seq128k", "128 KiB sequential write", "write", 131072))
+
+
+def sweep_setup(gran: int) -> Setup:
+    return Setup(f"cow{gran}", f"ingress, COW {gran // 1024} KiB", "sec_ingress", [
+        malloc("base"), malloc("hidden"), malloc("active"),
+        {"method": "bdev_replication_create",
+         "params": {"name": "sec", "mode": "secondary", "base_bdev": "base",
+                    "hidden_bdev": "hidden", "active_bdev": "active",
+                    "cow_granularity": gran}},
+        {"method": "bdev_replication_start", "params": {"name": "sec"}},
+    ], node="sec")
+
+
+def cores_of(mask: str) -> set[int]:
+    try:
+        m = int(mask, 16)
+    except ValueError:
+        return set()
+    return {i for i in range(m.bit_length()) if m >> i & 1}
+
+
+def sweep_run(bp: Bdevperf, workload: str, io_size: int, qd: int,
+              ticker: CheckpointTicker | None) -> dict:
+    """One run on the measured bdev, with the writes and (ours) COW counters it caused."""
+    setup, node = bp.setup, bp.setup.node
+    before = bp.status(node) if node else None
+    io0 = bp.iostat()
+    j = bp.perform(workload, bp.env.secs, io_size, qd, ticker)
+    io1 = bp.iostat()
+
+    def delta(bdev: str, k: str) -> int:
+        return io1.get(bdev, {}).get(k, 0) - io0.get(bdev, {}).get(k, 0)
+    writes = delta(setup.target, "writes")
+    if writes <= 0:
+        raise bp.fail(f"{workload}: {setup.target} saw no writes")
+    r = {"iops": j["iops"], "mibps": j["mibps"], "avg_lat_us": j["avg_latency_us"],
+         "runtime": j["runtime"], "reactor_cpu_share": j["reactor_cpu_share"],
+         "steal_share": j["steal_share"], "writes": writes}
+    if node:
+        after = bp.status(node)
+        c = {k: after["counters"][k] - before["counters"][k]
+             for k in ("cow_copies", "cow_bytes", "cow_failures", "checkpoints")}
+        if after.get("error") or c["cow_failures"]:
+            raise bp.fail(f"{workload}: {node} error {after.get('error')!r}, "
+                          f"{c['cow_failures']} COW failures")
+        # Every copy is one cluster-sized write to hidden, and nothing else writes hidden.
+        if delta("hidden", "writes") != c["cow_copies"]:
+            raise bp.fail(f"{workload}: hidden got {delta('hidden', 'writes')} writes for "
+                          f"{c['cow_copies']} copies")
+        if delta("base", "writes") < writes:
+            raise bp.fail(f"{workload}: base got {delta('base', 'writes')} writes, "
+                          f"{setup.target} {writes}: ingress writes go to base")
+        r.update(c)
+        r["cow_bytes_per_write"] = c["cow_bytes"] / writes
+        r["copies_per_write"] = c["cow_copies"] / writes
+        # The regime check. Random 4 KiB writes sit in one cluster each: the share of writes
+        # that needed a copy. Sequential: the share of the bytes written whose cluster was
+        # still armed (a 256 KiB cluster copied by one 128 KiB write covers the next one).
+        r["copied_share"] = (c["cow_copies"] / writes if workload == "randwrite"
+                             else c["cow_bytes"] / (writes * io_size))
+        r["checkpoints_per_s"] = c["checkpoints"] / j["runtime"] if j["runtime"] else 0.0
+    return r
+
+
+def measure_sweep(env: Env, setup: Setup, gran: int | None, tag: str, ckpt_ms: float,
+                  seq_qd: int) -> dict:
+    """One bdevperf process: warm up, then each workload with COW armed and COW done
+    (ours), or plainly (the passthru baseline)."""
+    bp = Bdevperf(env, setup, tag)
+    node = setup.node
+    out: dict = {}
+    try:
+        bp.wait_ready()
+        # Warm-up. With --no-huge the mallocs' memory comes zeroed from the kernel and is
+        # not touched at create, so the first pass over it pays a page fault per 4 KiB
+        # (a cold first 1 s run measures ~40 % low); the prefill writes all of base and
+        # copies every cluster, i.e. touches all of hidden.
+        if node:
+            st = bp.status(node)
+            if st.get("stage") != "running":
+                raise bp.fail(f"{node} is in stage {st.get('stage')!r}, not running")
+            if any(st["allocated"].values()):
+                raise bp.fail(f"overlays not empty at start: {st['allocated']}")
+            if st.get("cow_granularity") != gran:
+                raise bp.fail(f"cow_granularity {st.get('cow_granularity')}, wanted {gran}")
+            out["warmup"] = bp.prefill_ingress(node, gran)
+        else:
+            bp.perform("write", 1, 131072)
+        for key, _, wl, io in SWEEP_WORKLOADS:
+            qd = seq_qd if wl == "write" else env.qd
+            if not node:
+                out[key] = {"plain": sweep_run(bp, wl, io, qd, None)}
+                continue
+            try:
+                bp.rpc.call("bdev_replication_checkpoint", {"name": node})
+            except (BenchError, OSError) as e:
+                raise bp.fail(f"bdev_replication_checkpoint: {e}") from None
+            ticker = (CheckpointTicker(bp.sock, node, ckpt_ms / 1000, cores_of(env.core_mask))
+                      if ckpt_ms > 0 else None)
+            out[key] = {"armed": sweep_run(bp, wl, io, qd, ticker)}
+        if node:
+            out["prefill"] = bp.prefill_ingress(node, gran)
+            for key, _, wl, io in SWEEP_WORKLOADS:
+                qd = seq_qd if wl == "write" else env.qd
+                r = sweep_run(bp, wl, io, qd, None)
+                if r["cow_copies"]:
+                    raise bp.fail(f"{wl}: {r['cow_copies']} copies with COW done")
+                out[key]["done"] = r
+    finally:
+        bp.close()
+    return out
+
+
+def sweep_runs(out: dict) -> list[dict]:
+    return [r for key, *_ in SWEEP_WORKLOADS for r in out[key].values()]
+
+
+def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> int:
+    grans = a.granularities
+    setups: list[tuple[str, Setup, int | None]] = [("passthru", SETUPS["passthru"], None)]
+    setups += [(str(g), sweep_setup(g), g) for g in grans]
+    ck = (f"checkpoint every {a.ckpt_ms:g} ms during armed runs" if a.ckpt_ms > 0
+          else "one checkpoint before each armed run")
+    log(f"COW sweep: bdevperf {bdevperf}, module {module}, {a.time} s x {a.repeat} per run, "
+        f"granularities {', '.join(map(str, grans))}, {ck}, core mask {a.core_mask}, "
+        f"temp {env.tmp}")
+
+    runs: dict[str, list[dict]] = {}
+    for rep in range(a.repeat):
+        for key, setup, gran in setups:
+            for attempt in range(a.retries + 1):
+                out = measure_sweep(env, setup, gran, f"{setup.key}-{rep}.{attempt}",
+                                    a.ckpt_ms, a.seq_qd)
+                bad = any(disturbed_run(r) for r in sweep_runs(out))
+                parts = []
+                for wk, _, wl, io in SWEEP_WORKLOADS:
+                    for phase, r in out[wk].items():
+                        v = (f"{r['iops']:,.0f} IOPS" if wl == "randwrite"
+                             else f"{r['mibps']:,.0f} MiB/s")
+                        if "copied_share" in r:
+                            v += f" ({r['copied_share']:.0%} copied)"
+                        parts.append(f"{wk} {phase} {v}")
+                worst = min(r["reactor_cpu_share"] for r in sweep_runs(out))
+                log(f"  {setup.label:22} " + ", ".join(parts)
+                    + f"; reactor cpu >= {worst:.2f}"
+                    + ("  (disturbed" + (", again)" if attempt < a.retries else ")")
+                       if bad else ""))
+                if not bad:
+                    break
+            runs.setdefault(key, []).append(out)
+
+    def med(key: str, wk: str, phase: str, metric: str) -> float | None:
+        vals = [o[wk][phase][metric] for o in runs[key]
+                if phase in o[wk] and metric in o[wk][phase]]
+        return statistics.median(vals) if vals else None
+
+    summary: dict[str, dict] = {}
+    for key, _, _ in setups:
+        summary[key] = {}
+        for wk, *_ in SWEEP_WORKLOADS:
+            phases = ("plain",) if key == "passthru" else ("armed", "done")
+            summary[key][wk] = {
+                ph: {m: med(key, wk, ph, m)
+                     for m in ("iops", "mibps", "avg_lat_us", "copied_share",
+                               "cow_bytes_per_write", "copies_per_write",
+                               "checkpoints_per_s")
+                     if med(key, wk, ph, m) is not None}
+                for ph in phases}
+
+    print()
+    print(f"COW granularity sweep: {SETUPS['passthru'].label} and sec_ingress over malloc "
+          f"{MALLOC_MIB} MiB/{BLOCK} B, 1 core ({a.core_mask}), {a.time} s per run"
+          + (f", median of {a.repeat}" if a.repeat > 1 else ""))
+    print(f"armed: COW re-armed by a checkpoint before the run"
+          + (f" and every {a.ckpt_ms:g} ms during it" if a.ckpt_ms > 0 else "")
+          + "; done: every cluster already copied")
+    gl = {str(g): f"{g // 1024} KiB" for g in grans}
+    gl["passthru"] = "passthru"
+    for wk, label, wl, io in SWEEP_WORKLOADS:
+        qd = a.seq_qd if wl == "write" else env.qd
+        unit = "IOPS" if wl == "randwrite" else "MiB/s"
+        metric = "iops" if wl == "randwrite" else "mibps"
+        print()
+        print(f"{label}, QD{qd}")
+        hdr = (f"{'granularity':11} {'armed ' + unit:>12} {'done ' + unit:>12} "
+               f"{'armed/done':>10} {'+us/write':>9} {'+us/copy':>8} {'COW B/write':>11} "
+               f"{'copied':>7} {'ckpt/s':>6}")
+        print(hdr)
+        print("-" * len(hdr))
+        for key, _, _ in setups:
+            s = summary[key][wk]
+            if key == "passthru":
+                print(f"{gl[key]:11} {'-':>12} {s['plain'][metric]:12,.0f}")
+                continue
+            ar, dn = s["armed"], s["done"]
+            # Extra reactor time per write that COW costs (one core, CPU-bound), and per
+            # cluster copied.
+            extra_us = 1e6 / ar["iops"] - 1e6 / dn["iops"]
+            per_copy = (f"{extra_us / ar['copies_per_write']:8.2f}"
+                        if ar["copies_per_write"] else f"{'-':>8}")
+            print(f"{gl[key]:11} {ar[metric]:12,.0f} {dn[metric]:12,.0f} "
+                  f"{ar[metric] / dn[metric]:10.3f} {extra_us:9.2f} {per_copy} "
+                  f"{ar['cow_bytes_per_write']:11,.0f} {ar['copied_share']:7.1%} "
+                  f"{ar.get('checkpoints_per_s', 0):6.0f}")
+    print()
+    print("armed, us per write (1e6 / IOPS): a PVM writing small random and larger "
+          "sequential blocks")
+    hdr = f"{'granularity':11} {'4K rand':>8} {'128K seq':>9} {'1:1 mix':>8} {'3:1 mix':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for g in grans:
+        r = 1e6 / summary[str(g)]["rand4k"]["armed"]["iops"]
+        q = 1e6 / summary[str(g)]["seq128k"]["armed"]["iops"]
+        print(f"{gl[str(g)]:11} {r:8.2f} {q:9.2f} {(r + q) / 2:8.2f} {(3 * r + q) / 4:8.2f}")
+
+    disturbed = [(SETUPS["passthru"].label if key == "passthru" else gl[key], r)
+                 for key, outs in runs.items() for o in outs for r in sweep_runs(o)
+                 if disturbed_run(r)]
+    low = [(gl[str(g)], wk, summary[str(g)][wk]["armed"]["copied_share"])
+           for g in grans for wk, *_ in SWEEP_WORKLOADS
+           if summary[str(g)][wk]["armed"]["copied_share"] < 0.5]
+    if disturbed or low:
+        print()
+    for label, r in disturbed:
+        print(f"warning: {label}: a run's reactor had only {r['reactor_cpu_share']:.0%} of "
+              f"its core (steal {r['steal_share']:.0%}); numbers are not trustworthy")
+    for label, wk, share in low:
+        print(f"warning: {label} {wk}: only {share:.0%} copied; the armed run left the "
+              "COW regime (" + ("shorter --ckpt-ms)" if a.ckpt_ms > 0 else "use --ckpt-ms)"))
+
+    if a.json_out:
+        doc = {"mode": "cow-sweep", "time_s": a.time, "repeat": a.repeat,
+               "queue_depth": env.qd, "seq_queue_depth": a.seq_qd,
+               "checkpoint_interval_ms": a.ckpt_ms, "core_mask": a.core_mask,
+               "bdevperf": str(bdevperf), "module": str(module), "malloc_mib": MALLOC_MIB,
+               "block_size": BLOCK, "granularities": list(grans),
+               "workloads": {wk: {"workload": wl, "io_size": io}
+                             for wk, _, wl, io in SWEEP_WORKLOADS},
+               "median": summary, "runs": runs, "disturbed_runs": len(disturbed)}
+        a.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def find_bdevperf(spdk_dir: str | None) -> tuple[Path, Path]:
@@ -408,7 +741,8 @@ def main() -> int:
     global KEEP_TMP
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--time", type=int, default=10, help="seconds per measurement (10)")
+    ap.add_argument("--time", type=int,
+                    help="seconds per measurement (10; 2 with --cow-sweep)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs per (configuration, workload); the median IOPS is used (3)")
     ap.add_argument("--module", type=Path,
@@ -425,9 +759,35 @@ def main() -> int:
                     help="run only this comparison (repeatable)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the temp dir (configs, logs) and print its path")
+    sw = ap.add_argument_group(
+        "COW granularity sweep",
+        "the secondary ingress at each granularity: 4 KiB random and 128 KiB sequential "
+        "writes with COW armed and with COW done, next to passthru")
+    sw.add_argument("--cow-sweep", action="store_true",
+                    help="run the sweep instead of the comparisons")
+    sw.add_argument("--granularities", default=",".join(map(str, SWEEP_GRANULARITIES)),
+                    help="cow_granularity values in bytes (4096,16384,65536,262144)")
+    sw.add_argument("--ckpt-ms", type=float, default=4.0,
+                    help="checkpoint period during armed runs, keeping COW armed; 0: only "
+                         "one checkpoint before each run (4; SPDK polls RPCs every 4 ms)")
+    sw.add_argument("--seq-qd", type=int, default=32,
+                    help="queue depth of the 128 KiB sequential writes (32)")
     a = ap.parse_args()
+    if a.time is None:
+        a.time = 2 if a.cow_sweep else 10
     if a.time < 1 or a.repeat < 1 or a.retries < 0:
         ap.error("--time and --repeat must be >= 1, --retries >= 0")
+    if a.cow_sweep:
+        if a.only:
+            ap.error("--only does not apply to --cow-sweep")
+        try:
+            a.granularities = [int(g) for g in a.granularities.split(",")]
+        except ValueError:
+            ap.error("--granularities: comma-separated byte counts")
+        if any(g < BLOCK or g & (g - 1) or g > MALLOC_MIB << 20 for g in a.granularities):
+            ap.error(f"--granularities: powers of two from {BLOCK} to the disk size")
+        if a.ckpt_ms < 0 or a.seq_qd < 1:
+            ap.error("--ckpt-ms must be >= 0, --seq-qd >= 1")
 
     bdevperf, spdk_lib = find_bdevperf(a.spdk_dir)
     module = a.module.resolve()
@@ -448,6 +808,8 @@ def main() -> int:
         signal.signal(sig, lambda s, f: sys.exit(128 + s))
 
     env = Env(bdevperf, spdk_lib, module, tmp, a.core_mask, a.mem, 32, 4096, a.time)
+    if a.cow_sweep:
+        return run_sweep(a, env, bdevperf, module)
     comps = [c for c in COMPARISONS if not a.only or c[0] in a.only]
     keys = list(dict.fromkeys(k for c in comps for k in c[:2]))
     log(f"bdevperf {bdevperf}, module {module}, {a.time} s x {a.repeat} per run, "
