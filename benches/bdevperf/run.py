@@ -14,6 +14,12 @@ carries bdevperf's per-job results.
 
 Targets: top and ingress >= 0.90 of passthru, primary >= 0.95 of raid1.
 
+Before every measured run, every setup is warmed the same way (`--no-huge` mallocs are
+only faulted in on first touch): a 1 s sequential 128 KiB write pass over each malloc
+(through a passthru named like the target, before the measured bdev is built), then one
+over the measured bdev, then its precondition is restored (top: a checkpoint, overlays
+checked empty; ingress: the pass is its COW prefill).
+
 `--cow-sweep` instead measures the ingress at several COW granularities: 4 KiB random and
 128 KiB sequential writes, with COW armed (checkpoints keep re-arming it during the run)
 and with COW done, next to passthru.
@@ -202,19 +208,28 @@ class Env:
     extra: list[str] = field(default_factory=list)
 
 
-class Bdevperf:
-    """One bdevperf process in `-z` mode with `setup`'s bdevs."""
+def malloc_names(setup: Setup) -> list[str]:
+    return [c["params"]["name"] for c in setup.bdev_config
+            if c["method"] == "bdev_malloc_create"]
 
-    def __init__(self, env: Env, setup: Setup, tag: str):
+
+class Bdevperf:
+    """One bdevperf process in `-z` mode with `setup`'s bdevs. With `mallocs_only`, the
+    JSON config creates only the mallocs; `build()` then adds the rest over RPC."""
+
+    def __init__(self, env: Env, setup: Setup, tag: str, mallocs_only: bool = False):
         self.env, self.setup = env, setup
         d = env.tmp / tag
         d.mkdir()
         self.dir = d
         self.sock = d / "rpc.sock"
         self.logfile = d / "bdevperf.log"
+        self.mallocs_only = mallocs_only
+        at_start = [c for c in setup.bdev_config
+                    if not mallocs_only or c["method"] == "bdev_malloc_create"]
         cfg = {"subsystems": FRAMEWORK + [
             {"subsystem": "bdev",
-             "config": [BDEV_OPTIONS] + setup.bdev_config
+             "config": [BDEV_OPTIONS] + at_start
                        + [{"method": "bdev_wait_for_examine"}]}]}
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
         cmd = [str(env.bdevperf), "--no-huge", "-s", str(env.mem_mb), "--no-pci",
@@ -261,6 +276,24 @@ class Bdevperf:
             if time.monotonic() > deadline:
                 raise self.fail(f"not ready after {timeout:.0f} s")
             time.sleep(0.1)
+        if not self.mallocs_only:
+            self.check_target()
+
+    def call(self, method: str, params: dict | None = None):
+        try:
+            return self.rpc.call(method, params)
+        except (BenchError, OSError) as e:
+            raise self.fail(f"{method} {json.dumps(params)}: {e}") from None
+
+    def build(self) -> None:
+        """After a `mallocs_only` start: the rest of the setup's bdev config, over RPC."""
+        for c in self.setup.bdev_config:
+            if c["method"] != "bdev_malloc_create":
+                self.call(c["method"], c.get("params"))
+        self.call("bdev_wait_for_examine")
+        self.check_target()
+
+    def check_target(self) -> None:
         try:
             bdevs = self.rpc.call("bdev_get_bdevs", {"name": self.setup.target})
         except BenchError as e:
@@ -328,6 +361,25 @@ class Bdevperf:
             raise self.fail(f"bdev_get_iostat: {e}") from None
         return {b["name"]: {"reads": b["num_read_ops"], "writes": b["num_write_ops"]}
                 for b in st["bdevs"]}
+
+    def bytes_written(self) -> dict[str, int]:
+        try:
+            st = self.rpc.call("bdev_get_iostat")
+        except (BenchError, OSError) as e:
+            raise self.fail(f"bdev_get_iostat: {e}") from None
+        return {b["name"]: b["bytes_written"] for b in st["bdevs"]}
+
+    def write_pass(self, what: str) -> dict:
+        """A 1 s sequential 128 KiB write run on the target (bdevperf's `-T`), which must
+        have written all of it: bdevperf's sequential offsets start at 0 and wrap."""
+        w0 = self.bytes_written().get(self.setup.target, 0)
+        j = self.perform("write", 1, 131072)
+        written = self.bytes_written().get(self.setup.target, 0) - w0
+        if written < NUM_BLOCKS * BLOCK:
+            raise self.fail(f"warm-up of {what}: only {written} bytes written in 1 s, "
+                            f"less than the {NUM_BLOCKS * BLOCK}-byte disk")
+        return {"mibps": round(j["mibps"]), "bytes_written": written,
+                "reactor_cpu_share": j["reactor_cpu_share"]}
 
     def status(self, name: str) -> dict:
         try:
@@ -433,20 +485,60 @@ def disturbed_run(r: dict) -> bool:
     return r["reactor_cpu_share"] < MIN_CPU_SHARE or r["steal_share"] > 0.02
 
 
+def warm_up(bp: Bdevperf) -> dict:
+    """Faults in every malloc before the measured run, the same way for every setup.
+
+    With --no-huge the mallocs' memory comes zeroed from the kernel and is not touched at
+    create: the first write to each 4 KiB page faults, and a read of a never-written page
+    maps the kernel's shared zero page (one physical page, always in cache). A cold 1 s run
+    measures ~40 % low and 10 s is still skewed, so before the measured bdev exists each
+    malloc gets a 1 s sequential 128 KiB write run through a passthru over it that takes
+    the target's name (bdevperf only ever runs on its `-T` bdev), which writes all of it.
+    `measure` then builds the setup and makes one more write pass over the measured bdev
+    itself (for the ingress: its COW prefill) before restoring the precondition."""
+    target = bp.setup.target
+    out = {}
+    for m in malloc_names(bp.setup):
+        bp.call("bdev_passthru_create", {"base_bdev_name": m, "name": target})
+        out[m] = bp.write_pass(f"malloc {m}")
+        bp.call("bdev_passthru_delete", {"name": target})
+    return out
+
+
 def measure(env: Env, setup: Setup, workload: str, rep: str) -> dict:
-    bp = Bdevperf(env, setup, f"{setup.key}-{workload}-{rep}")
+    bp = Bdevperf(env, setup, f"{setup.key}-{workload}-{rep}", mallocs_only=True)
     try:
         bp.wait_ready()
-        extra = {}
+        extra: dict = {"warmup": {"mallocs": warm_up(bp)}}
+        bp.build()
+        secondary = False
         if setup.node:
             st = bp.status(setup.node)
             if st.get("stage") != "running":
                 raise bp.fail(f"{setup.node} is in stage {st.get('stage')!r}, not running")
-            if setup.prefill_ingress:
-                extra["prefill"] = bp.prefill_ingress(setup.node)
-            elif st.get("mode") == "secondary" and any(st["allocated"].values()):
+            secondary = st.get("mode") == "secondary"
+            if secondary and any(st["allocated"].values()):
                 raise bp.fail(f"overlays not empty at start: {st['allocated']}")
+        # The write pass over the measured bdev (warms its path too; the primary's and
+        # raid1's writes reach both legs). For the ingress it is the COW prefill, which
+        # leaves the measured state: every cluster copied.
+        if setup.prefill_ingress:
+            extra["prefill"] = bp.prefill_ingress(setup.node)
+        else:
+            extra["warmup"]["target"] = bp.write_pass(setup.target)
+            if secondary:
+                # The top's writes went to active: a checkpoint empties both overlays
+                # (O(1)), back to `running` with empty overlays, reads falling to base.
+                bp.call("bdev_replication_checkpoint", {"name": setup.node})
+                st = bp.status(setup.node)
+                if any(st["allocated"].values()):
+                    raise bp.fail(f"overlays not empty after the warm-up's checkpoint: "
+                                  f"{st['allocated']}")
+        if setup.node:
             before = bp.status(setup.node)
+            if before.get("stage") != "running" or before.get("error"):
+                raise bp.fail(f"{setup.node} after the warm-up: stage "
+                              f"{before.get('stage')!r}, error {before.get('error')!r}")
         io0 = bp.iostat()
         j = bp.perform(workload, env.secs, env.io_size)
         io1 = bp.iostat()
