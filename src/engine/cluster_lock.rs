@@ -26,18 +26,6 @@ impl Drop for ClusterGuard<'_> {
 }
 
 impl ClusterLocks {
-    pub fn try_lock(&self, cluster: u64) -> Option<ClusterGuard<'_>> {
-        let mut t = self.table.lock().unwrap();
-        if t.contains_key(&cluster) {
-            return None;
-        }
-        t.insert(cluster, Vec::new());
-        Some(ClusterGuard {
-            locks: self,
-            cluster,
-        })
-    }
-
     /// Waits until no other task works on `cluster`, then owns it.
     pub async fn lock(&self, cluster: u64) -> ClusterGuard<'_> {
         poll_fn(|cx| {
@@ -59,9 +47,5 @@ impl ClusterLocks {
             }
         })
         .await
-    }
-
-    pub fn is_locked(&self, cluster: u64) -> bool {
-        self.table.lock().unwrap().contains_key(&cluster)
     }
 }
