@@ -382,21 +382,24 @@ fn run(mut c: Command, what: &str) -> Result<String, String> {
     }
 }
 
+/// One spdk_dd run between a file and the export (attached as bdev `tn1`).
+fn spdk_dd(env: &Env, exp: &Export, tag: &str, args: &[String]) -> Result<(), String> {
+    let mut c = spdk_tool(env, "spdk_dd", tag);
+    c.arg("--json").arg(initiator_config(env, exp, tag));
+    c.args(args).args([format!("--bs={BS}"), "--qd=8".into()]);
+    run(c, &format!("spdk_dd {tag}")).map(drop)
+}
+
 /// Writes `data` at block `lba` of an export with SPDK's spdk_dd (a real NVMe/TCP initiator).
 pub fn dd_write(env: &Env, exp: &Export, lba: u64, data: &[u8]) -> Result<(), String> {
     let input = env.tmp.path().join(format!("dd-in-{}-{lba}", exp.port));
     std::fs::write(&input, data).unwrap();
-    let mut c = spdk_tool(env, "spdk_dd", "w");
-    c.arg("--json")
-        .arg(initiator_config(env, exp, "w"))
-        .arg(format!("--if={}", input.display()));
-    c.args([
-        "--ob=tn1",
-        &format!("--bs={BS}"),
-        &format!("--seek={lba}"),
-        "--qd=8",
-    ]);
-    run(c, "spdk_dd write").map(drop)
+    let args = [
+        format!("--if={}", input.display()),
+        "--ob=tn1".into(),
+        format!("--seek={lba}"),
+    ];
+    spdk_dd(env, exp, "write", &args)
 }
 
 /// Reads `blocks` blocks at `lba` of an export. The output file starts out filled with the
@@ -404,18 +407,13 @@ pub fn dd_write(env: &Env, exp: &Export, lba: u64, data: &[u8]) -> Result<(), St
 pub fn dd_read(env: &Env, exp: &Export, lba: u64, blocks: u64) -> Result<Vec<u8>, String> {
     let out = env.tmp.path().join(format!("dd-out-{}-{lba}", exp.port));
     std::fs::write(&out, vec![SENTINEL; (blocks * BS) as usize]).unwrap();
-    let mut c = spdk_tool(env, "spdk_dd", "r");
-    c.arg("--json")
-        .arg(initiator_config(env, exp, "r"))
-        .arg(format!("--of={}", out.display()));
-    c.args([
-        "--ib=tn1",
-        &format!("--bs={BS}"),
-        &format!("--skip={lba}"),
-        &format!("--count={blocks}"),
-        "--qd=8",
-    ]);
-    run(c, "spdk_dd read")?;
+    let args = [
+        "--ib=tn1".into(),
+        format!("--of={}", out.display()),
+        format!("--skip={lba}"),
+        format!("--count={blocks}"),
+    ];
+    spdk_dd(env, exp, "read", &args)?;
     Ok(std::fs::read(&out).unwrap())
 }
 
