@@ -189,7 +189,7 @@ fn failover_waits_for_in_flight_ingress_write() {
     assert_eq!(n.sec.stage(), Stage::Running);
     ingress_base_write.open();
     assert_eq!(poll_once(w.as_mut()), Poll::Ready(Ok(())));
-    assert_eq!(poll_once(stop.as_mut()), Poll::Ready(Ok(())));
+    assert_eq!(poll_once(stop.as_mut()), Poll::Ready(Ok(true)));
     block_on(n.sec.run_merge()).unwrap();
     // The copied cluster is rolled back to the checkpoint state.
     assert_runs(&n.base_bytes(C64K, 512), &[(512, 0x11)]);

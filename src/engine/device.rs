@@ -53,6 +53,11 @@ pub trait BlockDevice: 'static {
     fn write_zeroes(&self, lba: u64, nblocks: u64) -> impl Future<Output = Result<(), IoError>>;
     fn unmap(&self, lba: u64, nblocks: u64) -> impl Future<Output = Result<(), IoError>>;
     fn flush(&self) -> impl Future<Output = Result<(), IoError>>;
+    /// Whether the device takes flushes at all; the engine skips flushing those that do
+    /// not (a null bdev, an lvol without FLUSH) instead of failing.
+    fn supports_flush(&self) -> bool {
+        true
+    }
 }
 
 impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
@@ -80,6 +85,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
     fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
         (**self).flush()
+    }
+    fn supports_flush(&self) -> bool {
+        (**self).supports_flush()
     }
 }
 

@@ -10,6 +10,10 @@ pub enum ReplicationError {
     RunningOrDone,
     #[error("I/O error occurred")]
     Io,
+    #[error(
+        "Block replication failover failed: the overlays hold SVM data the base lacks; retry stop with failover, or delete with force to drop it"
+    )]
+    UnmergedData,
     #[error("The parameter mode's value is invalid: the bdev is {have}, but got {got}")]
     ModeMismatch {
         have: crate::engine::Mode,

@@ -1,7 +1,8 @@
 //! Holds new I/O and drains in-flight I/O around checkpoints and stage switches.
 //!
 //! The hot path costs two atomic operations and no lock: the mutex is taken only while a
-//! hold is active.
+//! hold is active. Holds queue behind each other (a checkpoint and the end of a merge may
+//! both want one), and every task waiting for a drain is woken.
 
 use std::future::poll_fn;
 use std::sync::Mutex;
@@ -12,13 +13,15 @@ use std::task::{Poll, Waker};
 pub struct IoGate {
     in_flight: AtomicU64,
     held: AtomicBool,
+    /// Serialises holders: only one hold is active at a time.
+    holders: futures::lock::Mutex<()>,
     waiters: Mutex<Waiters>,
 }
 
 #[derive(Default)]
 struct Waiters {
     held_io: Vec<Waker>,
-    drain: Option<Waker>,
+    drain: Vec<Waker>,
 }
 
 /// Proof that an I/O is counted in flight; dropping it ends the I/O.
@@ -30,12 +33,21 @@ impl Drop for GateGuard<'_> {
     }
 }
 
-/// While alive, new I/O waits; dropping it lets held I/O go.
-pub struct HoldGuard<'a>(&'a IoGate);
+/// While alive, new I/O waits; dropping it lets held I/O go (or the next holder in).
+pub struct HoldGuard<'a> {
+    gate: &'a IoGate,
+    _holder: futures::lock::MutexGuard<'a, ()>,
+}
 
 impl Drop for HoldGuard<'_> {
     fn drop(&mut self) {
-        self.0.release();
+        self.gate.release();
+    }
+}
+
+fn wake_all(wakers: Vec<Waker>) {
+    for w in wakers {
+        w.wake();
     }
 }
 
@@ -55,11 +67,9 @@ impl IoGate {
     }
 
     pub fn exit(&self) {
-        if self.in_flight.fetch_sub(1, SeqCst) == 1
-            && self.held.load(SeqCst)
-            && let Some(w) = self.waiters.lock().unwrap().drain.take()
-        {
-            w.wake();
+        if self.in_flight.fetch_sub(1, SeqCst) == 1 && self.held.load(SeqCst) {
+            let drain = std::mem::take(&mut self.waiters.lock().unwrap().drain);
+            wake_all(drain);
         }
     }
 
@@ -87,12 +97,25 @@ impl IoGate {
         .await
     }
 
-    /// Stops admitting I/O and waits until none is in flight. Callers serialise holds.
+    /// Stops admitting I/O and waits until none is in flight. A second caller waits until
+    /// the first hold is released.
     pub async fn hold(&self) -> HoldGuard<'_> {
+        let holder = self.holders.lock().await;
         self.held.store(true, SeqCst);
-        let guard = HoldGuard(self);
+        let guard = HoldGuard {
+            gate: self,
+            _holder: holder,
+        };
         poll_fn(|cx| {
-            self.waiters.lock().unwrap().drain = Some(cx.waker().clone());
+            if self.in_flight.load(SeqCst) == 0 {
+                return Poll::Ready(());
+            }
+            let mut w = self.waiters.lock().unwrap();
+            if !w.drain.iter().any(|d| d.will_wake(cx.waker())) {
+                w.drain.push(cx.waker().clone());
+            }
+            drop(w);
+            // Re-check after registering: the last exit may have run in between.
             if self.in_flight.load(SeqCst) == 0 {
                 Poll::Ready(())
             } else {
@@ -113,9 +136,7 @@ impl IoGate {
 
     fn release(&self) {
         self.held.store(false, SeqCst);
-        let wakers = std::mem::take(&mut self.waiters.lock().unwrap().held_io);
-        for w in wakers {
-            w.wake();
-        }
+        let held_io = std::mem::take(&mut self.waiters.lock().unwrap().held_io);
+        wake_all(held_io);
     }
 }

@@ -1,5 +1,9 @@
 use crate::engine::ReplicationError;
 
+/// Largest `cow_granularity` (16 MiB): each copy-before-write allocates a buffer of this
+/// size, so it must stay a size any host can allocate per I/O.
+pub const MAX_COW_GRANULARITY: u64 = 16 << 20;
+
 /// Disk shape shared by the base and both overlays. Offsets in the engine are in blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -22,11 +26,14 @@ impl Geometry {
                 reason: format!("{block_size} is not a power of two"),
             });
         }
-        if !cow_granularity.is_power_of_two() || cow_granularity < u64::from(block_size) {
+        if !cow_granularity.is_power_of_two()
+            || cow_granularity < u64::from(block_size)
+            || cow_granularity > MAX_COW_GRANULARITY
+        {
             return Err(ReplicationError::InvalidParam {
                 param: "cow_granularity",
                 reason: format!(
-                    "{cow_granularity} must be a power of two and at least the block size {block_size}"
+                    "{cow_granularity} must be a power of two between the block size {block_size} and {MAX_COW_GRANULARITY}"
                 ),
             });
         }

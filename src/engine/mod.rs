@@ -21,8 +21,11 @@ pub use cluster_lock::{ClusterGuard, ClusterLocks};
 pub use device::{BlockDevice, IoBuf, IoError, Runtime};
 pub use error::ReplicationError;
 pub use gate::{GateGuard, IoGate};
-pub use geometry::Geometry;
-pub use primary::{DEFAULT_REMOTE_TIMEOUT_MS, Primary, PrimaryConfig, PrimaryWritePlan};
+pub use geometry::{Geometry, MAX_COW_GRANULARITY};
+pub use primary::{
+    DEFAULT_REMOTE_TIMEOUT_MS, MAX_REMOTE_TIMEOUT_MS, Primary, PrimaryConfig, PrimaryCounters,
+    PrimaryWritePlan,
+};
 pub use secondary::{
     DEFAULT_COW_GRANULARITY, IngressWritePlan, MergeProgress, MergeStep, ReadSegment, ReadSegments,
     Secondary, SecondaryCounters, Source, TopWritePlan,

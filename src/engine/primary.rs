@@ -15,6 +15,10 @@ use std::time::Duration;
 /// secondary stalls the primary VM for about a second at most.
 pub const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 1000;
 
+/// Upper bound of `remote_timeout_ms` (one hour): longer would stall a guest past any use,
+/// and the bound keeps every host's tick arithmetic far from overflow.
+pub const MAX_REMOTE_TIMEOUT_MS: u64 = 3_600_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrimaryConfig {
     pub remote_timeout: Duration,
@@ -79,10 +83,11 @@ impl<D: BlockDevice + Clone> Primary<D> {
                 ),
             });
         }
-        if config.remote_timeout.is_zero() {
+        let ms = config.remote_timeout.as_millis();
+        if ms == 0 || ms > u128::from(MAX_REMOTE_TIMEOUT_MS) {
             return Err(ReplicationError::InvalidParam {
                 param: "remote_timeout_ms",
-                reason: "must be greater than 0".into(),
+                reason: format!("must be between 1 and {MAX_REMOTE_TIMEOUT_MS}, got {ms}"),
             });
         }
         Ok(Primary {
@@ -192,11 +197,9 @@ impl<D: BlockDevice + Clone> Primary<D> {
         }
     }
 
+    /// A no-op in every stage (spec 4): the checkpoint is the secondary's business.
     pub fn checkpoint(&self) -> Result<(), ReplicationError> {
-        match self.stage() {
-            Stage::None | Stage::FailoverFailed => Err(ReplicationError::NotRunning),
-            Stage::Running | Stage::Failover | Stage::Done => Ok(()),
-        }
+        Ok(())
     }
 
     /// With or without failover: `running` becomes `done` and forwarding ends.
@@ -279,6 +282,8 @@ where
 {
     match op {
         Some(op) => op.issue(&dev, lba).await,
+        // A leg without flush support is skipped, never a reason to fail (spec 4).
+        None if !dev.supports_flush() => Ok(()),
         None => dev.flush().await,
     }
 }

@@ -261,6 +261,7 @@ pub struct Faulty<D> {
     inner: D,
     rules: Mutex<Vec<Rule>>,
     log: Mutex<Vec<OpRecord>>,
+    no_flush: AtomicBool,
 }
 
 impl<D: BlockDevice> Faulty<D> {
@@ -269,7 +270,13 @@ impl<D: BlockDevice> Faulty<D> {
             inner,
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
+            no_flush: AtomicBool::new(false),
         }
+    }
+    /// Makes the device one without FLUSH (like a null bdev): it says so, and a flush sent
+    /// anyway fails.
+    pub fn set_no_flush(&self) {
+        self.no_flush.store(true, SeqCst);
     }
     pub fn inner(&self) -> &D {
         &self.inner
@@ -389,7 +396,13 @@ impl<D: BlockDevice> BlockDevice for Faulty<D> {
     }
     async fn flush(&self) -> Result<(), IoError> {
         self.gate(OpKind::Flush, 0, 0).await?;
+        if self.no_flush.load(SeqCst) {
+            return Err(IoError::Io);
+        }
         self.inner.flush().await
+    }
+    fn supports_flush(&self) -> bool {
+        !self.no_flush.load(SeqCst)
     }
 }
 

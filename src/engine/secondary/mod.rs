@@ -10,6 +10,8 @@ use crate::engine::{Geometry, Mode, ReplicationError, Stage};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
+mod merge;
+
 /// Default COW cluster size in bytes; see README "COW granularity" for the measurement.
 pub const DEFAULT_COW_GRANULARITY: u64 = 16 * 1024;
 
@@ -109,6 +111,8 @@ pub struct Secondary<D: BlockDevice> {
     gate: IoGate,
     error: AtomicBool,
     control: futures::lock::Mutex<()>,
+    /// Set while a merge task runs: one merge at a time (spec 5.5).
+    merge_running: AtomicBool,
     merge_cursor: AtomicU64,
     merge_total: AtomicU64,
     merge_done: AtomicU64,
@@ -157,6 +161,7 @@ impl<D: BlockDevice> Secondary<D> {
             gate: IoGate::default(),
             error: AtomicBool::new(false),
             control: futures::lock::Mutex::new(()),
+            merge_running: AtomicBool::new(false),
             merge_cursor: AtomicU64::new(0),
             merge_total: AtomicU64::new(0),
             merge_done: AtomicU64::new(0),
@@ -413,12 +418,11 @@ impl<D: BlockDevice> Secondary<D> {
         let _io = self.gate.enter().await;
         match self.stage() {
             Stage::None => Err(IoError::Io),
-            Stage::Running => self.active.flush().await,
-            Stage::FailoverFailed => {
-                self.active.flush().await?;
-                self.base.flush().await
+            // The SVM view spans all three devices until the merge has completed.
+            Stage::Running | Stage::Failover | Stage::FailoverFailed => {
+                flush_all(&[&self.active, &self.hidden, &self.base]).await
             }
-            Stage::Failover | Stage::Done => self.base.flush().await,
+            Stage::Done => flush_all(&[&self.base]).await,
         }
     }
 
@@ -438,51 +442,47 @@ impl<D: BlockDevice> Secondary<D> {
     async fn top_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
         let _io = self.gate.enter().await;
         let n = op.nblocks(self.geo.block_size);
-        match self.plan_top_write(lba, n) {
-            TopWritePlan::Refused => Err(IoError::Io),
-            TopWritePlan::Active => self.write_active(lba, op).await,
-            TopWritePlan::Base => op.issue(&self.base, lba).await,
-            TopWritePlan::Slow if self.stage() == Stage::Failover => {
-                // Merge every touched cluster that still has overlay data, then write
-                // through: the SVM's own writes thus push the merge forward.
-                for c in self.geo.clusters_of(lba, n) {
-                    if self.cluster_has_overlay(c) {
-                        let _c = self.clusters.lock(c).await;
-                        if self.cluster_has_overlay(c) {
-                            self.merge_cluster_or_fail(c)
-                                .await
-                                .map_err(|_| IoError::Io)?;
-                        }
+        loop {
+            match self.plan_top_write(lba, n) {
+                TopWritePlan::Refused => return Err(IoError::Io),
+                TopWritePlan::Active => return self.write_active(lba, op).await,
+                TopWritePlan::Base => return op.issue(&self.base, lba).await,
+                TopWritePlan::Slow if self.stage() == Stage::Failover => {
+                    // Merge every touched cluster that still has overlay data, then write
+                    // through: the SVM's own writes thus push the merge forward. If a merge
+                    // fails the stage is now failover_failed: route the write as that stage
+                    // does (nothing of it was issued yet).
+                    if self.merge_clusters_of(lba, n).await.is_ok() {
+                        return op.issue(&self.base, lba).await;
                     }
                 }
-                op.issue(&self.base, lba).await
-            }
-            TopWritePlan::Slow => {
-                // failover_failed: clusters with overlay data take the write in active,
-                // the others go straight to base (spec 5.1).
-                let cb = self.geo.cluster_blocks;
-                let mut pos = lba;
-                let end = lba + n;
-                while pos < end {
-                    let to_active = self.cluster_has_overlay(self.geo.cluster_of(pos));
-                    let mut stop = pos;
-                    while stop < end
-                        && self.cluster_has_overlay(self.geo.cluster_of(stop)) == to_active
-                    {
-                        stop = (stop / cb + 1) * cb;
-                    }
-                    let stop = stop.min(end);
-                    let part = op.part(pos - lba, stop - pos, self.geo.block_size);
-                    if to_active {
-                        self.write_active(pos, part).await?;
-                    } else {
-                        part.issue(&self.base, pos).await?;
-                    }
-                    pos = stop;
-                }
-                Ok(())
+                TopWritePlan::Slow => return self.split_write(lba, n, op).await,
             }
         }
+    }
+
+    /// failover_failed: clusters with overlay data take the write in active, the others go
+    /// straight to base (spec 5.1).
+    async fn split_write(&self, lba: u64, n: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
+        let cb = self.geo.cluster_blocks;
+        let mut pos = lba;
+        let end = lba + n;
+        while pos < end {
+            let to_active = self.cluster_has_overlay(self.geo.cluster_of(pos));
+            let mut stop = pos;
+            while stop < end && self.cluster_has_overlay(self.geo.cluster_of(stop)) == to_active {
+                stop = (stop / cb + 1) * cb;
+            }
+            let stop = stop.min(end);
+            let part = op.part(pos - lba, stop - pos, self.geo.block_size);
+            if to_active {
+                self.write_active(pos, part).await?;
+            } else {
+                part.issue(&self.base, pos).await?;
+            }
+            pos = stop;
+        }
+        Ok(())
     }
 
     // -------------------------------------------------------------- ingress (driver) --
@@ -508,7 +508,7 @@ impl<D: BlockDevice> Secondary<D> {
     }
 
     pub async fn ingress_flush(&self) -> Result<(), IoError> {
-        self.base.flush().await
+        flush_all(&[&self.base]).await
     }
 
     async fn ingress_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
@@ -522,12 +522,14 @@ impl<D: BlockDevice> Secondary<D> {
             IngressWritePlan::Direct => {}
             IngressWritePlan::Cow => {
                 // Clusters copy concurrently; each copy holds only its own cluster lock,
-                // so no ordering between writers can deadlock.
+                // so no ordering between writers can deadlock. Every copy runs to its end
+                // even when a sibling failed: its device I/O uses its buffer until then.
                 let copies = self
                     .geo
                     .clusters_of(lba, n)
                     .map(|c| self.copy_before_write(c));
-                futures::future::try_join_all(copies).await?;
+                let results = futures::future::join_all(copies).await;
+                results.into_iter().collect::<Result<Vec<()>, IoError>>()?;
             }
         }
         op.issue(&self.base, lba).await
@@ -613,9 +615,10 @@ impl<D: BlockDevice> Secondary<D> {
         }
     }
 
-    /// `stop` (spec 5.4, 5.5). With failover this only switches to `failover`; the host
-    /// runs the merge with [`Secondary::merge_step`] as a background task.
-    pub async fn stop(&self, failover: bool) -> Result<(), ReplicationError> {
+    /// `stop` (spec 5.4, 5.5). With failover this only switches to `failover` and returns
+    /// `true` to the one caller that did so: that caller runs the merge
+    /// ([`Secondary::run_merge`]) as a background task. Overlapping calls get `false`.
+    pub async fn stop(&self, failover: bool) -> Result<bool, ReplicationError> {
         let _ctl = self.control.lock().await;
         match (self.stage(), failover) {
             (Stage::Running, false) => {
@@ -624,7 +627,7 @@ impl<D: BlockDevice> Secondary<D> {
                 self.counters.checkpoints.fetch_add(1, Relaxed);
                 self.stage.set(Stage::Done);
                 tracing::info!("replication stopped without failover; top now serves the base");
-                Ok(())
+                Ok(false)
             }
             (Stage::Running, true) | (Stage::FailoverFailed, true) => {
                 // Hold so that no ingress write that passed its stage check is still on its
@@ -639,156 +642,37 @@ impl<D: BlockDevice> Secondary<D> {
                     total_bytes = self.merge_total.load(SeqCst),
                     "failover: merge started"
                 );
-                Ok(())
+                Ok(true)
             }
             (Stage::None, _) | (Stage::FailoverFailed, false) => Err(ReplicationError::NotRunning),
-            (Stage::Failover, _) | (Stage::Done, _) => Ok(()),
+            (Stage::Failover, _) | (Stage::Done, _) => Ok(false),
         }
-    }
-
-    fn next_overlay_cluster(&self, from: u64) -> Option<u64> {
-        let cb = self.geo.cluster_blocks;
-        let h = self.hidden_map.next_allocated(from);
-        let a = self
-            .active_map
-            .next_allocated(from.saturating_mul(cb).min(self.geo.num_blocks))
-            .map(|b| b / cb);
-        match (h, a) {
-            (Some(h), Some(a)) => Some(h.min(a)),
-            (x, None) | (None, x) => x,
-        }
-    }
-
-    /// Bytes of the clusters that hold overlay data (what a merge has to copy).
-    fn overlay_bytes(&self) -> u64 {
-        let mut total = 0;
-        let mut c = 0;
-        while let Some(next) = self.next_overlay_cluster(c) {
-            total += self.geo.bytes(self.geo.cluster_extent(next).1);
-            c = next + 1;
-        }
-        total
-    }
-
-    /// One unit of the failover merge. Converges under any SVM write load: clusters only
-    /// ever leave the overlays during failover, and the cursor only moves forward.
-    pub async fn merge_step(&self) -> Result<MergeStep, ReplicationError> {
-        if self.stage() != Stage::Failover {
-            return Ok(MergeStep::Idle);
-        }
-        let cursor = self.merge_cursor.load(SeqCst);
-        match self.next_overlay_cluster(cursor) {
-            Some(c) => {
-                let _c = self.clusters.lock(c).await;
-                if self.stage() != Stage::Failover {
-                    return Ok(MergeStep::Idle);
-                }
-                if self.cluster_has_overlay(c) {
-                    self.merge_cluster_or_fail(c).await?;
-                }
-                self.merge_cursor.fetch_max(c + 1, SeqCst);
-                Ok(MergeStep::Progress)
-            }
-            None => self.finish_merge().await,
-        }
-    }
-
-    /// Runs the merge to its end (tests and simple hosts; SPDK drives `merge_step`).
-    pub async fn run_merge(&self) -> Result<(), ReplicationError> {
-        loop {
-            match self.merge_step().await? {
-                MergeStep::Progress => {}
-                MergeStep::Done | MergeStep::Idle => return Ok(()),
-            }
-        }
-    }
-
-    async fn finish_merge(&self) -> Result<MergeStep, ReplicationError> {
-        let _hold = self.gate.hold().await;
-        if self.stage() != Stage::Failover {
-            return Ok(MergeStep::Idle);
-        }
-        if let Some(c) = self.next_overlay_cluster(0) {
-            // Cannot happen (nothing allocates in the overlays during failover), but a
-            // missed cluster must never be dropped: rewind instead.
-            self.merge_cursor.store(c, SeqCst);
-            return Ok(MergeStep::Progress);
-        }
-        if let Err(e) = self.base.flush().await {
-            tracing::error!(error = %e, "failover: flushing the base failed");
-            self.fail_merge();
-            return Err(ReplicationError::Io);
-        }
-        self.empty_overlays();
-        self.stage.set(Stage::Done);
-        tracing::info!("failover complete: top now serves the base");
-        Ok(MergeStep::Done)
-    }
-
-    fn fail_merge(&self) {
-        self.counters.merge_failures.fetch_add(1, Relaxed);
-        self.error.store(true, SeqCst);
-        self.stage.set(Stage::FailoverFailed);
-    }
-
-    async fn merge_cluster_or_fail(&self, c: u64) -> Result<(), ReplicationError> {
-        match self.merge_cluster(c).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::error!(cluster = c, error = %e, "failover: merge failed");
-                self.fail_merge();
-                Err(ReplicationError::Io)
-            }
-        }
-    }
-
-    /// Writes the SVM view of cluster `c` into the base, then drops the cluster from both
-    /// overlays. The caller owns the cluster lock.
-    async fn merge_cluster(&self, c: u64) -> Result<(), IoError> {
-        let (start, len) = self.geo.cluster_extent(c);
-        let bs = u64::from(self.geo.block_size);
-        let in_hidden = self.hidden_map.get(c) == AllocState::Data;
-        let whole = in_hidden.then(|| self.base.alloc_buf((len * bs) as usize));
-        if let Some(buf) = &whole {
-            self.hidden.read(start, buf.clone()).await?;
-        }
-        let mut pos = start;
-        while pos < start + len {
-            let (state, run) = self.active_map.run(pos, start + len - pos);
-            let bytes = (run * bs) as usize;
-            match (state, &whole) {
-                (AllocState::Unallocated, _) => {}
-                (AllocState::Data, Some(buf)) => {
-                    let part = buf.slice(((pos - start) * bs) as usize, bytes);
-                    self.active.read(pos, part).await?;
-                }
-                (AllocState::Zero, Some(buf)) => {
-                    buf.slice(((pos - start) * bs) as usize, bytes).fill_zero();
-                }
-                (AllocState::Data, None) => {
-                    let part = self.base.alloc_buf(bytes);
-                    self.active.read(pos, part.clone()).await?;
-                    self.base.write(pos, part).await?;
-                }
-                (AllocState::Zero, None) => self.base.write_zeroes(pos, run).await?,
-            }
-            pos += run;
-        }
-        if let Some(buf) = whole {
-            self.base.write(start, buf).await?;
-        }
-        self.active_map
-            .set_range(start, len, AllocState::Unallocated);
-        self.hidden_map.set_range(c, 1, AllocState::Unallocated);
-        self.merge_done.fetch_add(len * bs, SeqCst);
-        self.counters.merged_clusters.fetch_add(1, Relaxed);
-        Ok(())
     }
 
     /// True while a failover merge is in progress (a host's delete waits for this).
     pub fn is_merging(&self) -> bool {
         self.stage() == Stage::Failover
     }
+
+    /// Whether `bdev_replication_delete` may proceed (spec 5.5): in `failover_failed` the
+    /// overlays hold SVM data the base lacks, so only `force` deletes.
+    pub fn check_delete(&self, force: bool) -> Result<(), ReplicationError> {
+        if self.stage() == Stage::FailoverFailed && !force {
+            return Err(ReplicationError::UnmergedData);
+        }
+        Ok(())
+    }
+}
+
+/// Flushes every device that supports flush, in order; devices without it are skipped
+/// (spec 4: never a reason to fail).
+async fn flush_all<D: BlockDevice>(devs: &[&D]) -> Result<(), IoError> {
+    for d in devs {
+        if d.supports_flush() {
+            d.flush().await?;
+        }
+    }
+    Ok(())
 }
 
 /// Iterator over the pieces of a top read; allocation-free.

@@ -1,0 +1,194 @@
+//! The failover merge (spec 5.5): every cluster with overlay data is written into the base
+//! (active wins over hidden), one cluster at a time under its cluster lock, while the SVM
+//! keeps running; then the top switches to the base.
+
+use super::{Secondary, flush_all};
+use crate::engine::alloc_map::AllocState;
+use crate::engine::device::{BlockDevice, IoBuf, IoError};
+use crate::engine::{MergeStep, ReplicationError, Stage};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+
+impl<D: BlockDevice> Secondary<D> {
+    /// Merges the clusters of `[lba, lba + n)` that still hold overlay data.
+    pub(super) async fn merge_clusters_of(&self, lba: u64, n: u64) -> Result<(), ReplicationError> {
+        for c in self.geo.clusters_of(lba, n) {
+            if self.cluster_has_overlay(c) {
+                let _c = self.clusters.lock(c).await;
+                if self.stage() != Stage::Failover {
+                    return Err(ReplicationError::Io);
+                }
+                if self.cluster_has_overlay(c) {
+                    self.merge_cluster_or_fail(c).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn next_overlay_cluster(&self, from: u64) -> Option<u64> {
+        let cb = self.geo.cluster_blocks;
+        let h = self.hidden_map.next_allocated(from);
+        let a = self
+            .active_map
+            .next_allocated(from.saturating_mul(cb).min(self.geo.num_blocks))
+            .map(|b| b / cb);
+        match (h, a) {
+            (Some(h), Some(a)) => Some(h.min(a)),
+            (x, None) | (None, x) => x,
+        }
+    }
+
+    /// Bytes of the clusters that hold overlay data (what a merge has to copy).
+    pub(super) fn overlay_bytes(&self) -> u64 {
+        let mut total = 0;
+        let mut c = 0;
+        while let Some(next) = self.next_overlay_cluster(c) {
+            total += self.geo.bytes(self.geo.cluster_extent(next).1);
+            c = next + 1;
+        }
+        total
+    }
+
+    /// One unit of the failover merge. Converges under any SVM write load: clusters only
+    /// ever leave the overlays during failover, and the cursor only moves forward.
+    pub async fn merge_step(&self) -> Result<MergeStep, ReplicationError> {
+        if self.stage() != Stage::Failover {
+            return Ok(MergeStep::Idle);
+        }
+        let cursor = self.merge_cursor.load(SeqCst);
+        match self.next_overlay_cluster(cursor) {
+            Some(c) => {
+                let _c = self.clusters.lock(c).await;
+                if self.stage() != Stage::Failover {
+                    return Ok(MergeStep::Idle);
+                }
+                if self.cluster_has_overlay(c) {
+                    self.merge_cluster_or_fail(c).await?;
+                }
+                self.merge_cursor.fetch_max(c + 1, SeqCst);
+                Ok(MergeStep::Progress)
+            }
+            None => self.finish_merge().await,
+        }
+    }
+
+    /// Runs the merge to its end: `Done`, or `Idle` when there is nothing to merge or
+    /// another task already runs the merge (one merge at a time). `between` runs after
+    /// each step (a host yields to its reactor there).
+    pub async fn run_merge_with<F, Fut>(
+        &self,
+        mut between: F,
+    ) -> Result<MergeStep, ReplicationError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        if self
+            .merge_running
+            .compare_exchange(false, true, SeqCst, SeqCst)
+            .is_err()
+        {
+            return Ok(MergeStep::Idle);
+        }
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, SeqCst);
+            }
+        }
+        let _running = Running(&self.merge_running);
+        loop {
+            match self.merge_step().await? {
+                MergeStep::Progress => between().await,
+                end => return Ok(end),
+            }
+        }
+    }
+
+    /// [`Secondary::run_merge_with`] without pauses (tests and simple hosts).
+    pub async fn run_merge(&self) -> Result<MergeStep, ReplicationError> {
+        self.run_merge_with(|| std::future::ready(())).await
+    }
+
+    async fn finish_merge(&self) -> Result<MergeStep, ReplicationError> {
+        let _hold = self.gate.hold().await;
+        if self.stage() != Stage::Failover {
+            return Ok(MergeStep::Idle);
+        }
+        if let Some(c) = self.next_overlay_cluster(0) {
+            // Cannot happen (nothing allocates in the overlays during failover), but a
+            // missed cluster must never be dropped: rewind instead.
+            self.merge_cursor.store(c, SeqCst);
+            return Ok(MergeStep::Progress);
+        }
+        if let Err(e) = flush_all(&[&self.base]).await {
+            tracing::error!(error = %e, "failover: flushing the base failed");
+            self.fail_merge();
+            return Err(ReplicationError::Io);
+        }
+        self.empty_overlays();
+        self.stage.set(Stage::Done);
+        tracing::info!("failover complete: top now serves the base");
+        Ok(MergeStep::Done)
+    }
+
+    fn fail_merge(&self) {
+        self.counters.merge_failures.fetch_add(1, Relaxed);
+        self.error.store(true, SeqCst);
+        self.stage.set(Stage::FailoverFailed);
+    }
+
+    async fn merge_cluster_or_fail(&self, c: u64) -> Result<(), ReplicationError> {
+        match self.merge_cluster(c).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(cluster = c, error = %e, "failover: merge failed");
+                self.fail_merge();
+                Err(ReplicationError::Io)
+            }
+        }
+    }
+
+    /// Writes the SVM view of cluster `c` into the base, then drops the cluster from both
+    /// overlays. The caller owns the cluster lock.
+    async fn merge_cluster(&self, c: u64) -> Result<(), IoError> {
+        let (start, len) = self.geo.cluster_extent(c);
+        let bs = u64::from(self.geo.block_size);
+        let in_hidden = self.hidden_map.get(c) == AllocState::Data;
+        let whole = in_hidden.then(|| self.base.alloc_buf((len * bs) as usize));
+        if let Some(buf) = &whole {
+            self.hidden.read(start, buf.clone()).await?;
+        }
+        let mut pos = start;
+        while pos < start + len {
+            let (state, run) = self.active_map.run(pos, start + len - pos);
+            let bytes = (run * bs) as usize;
+            match (state, &whole) {
+                (AllocState::Unallocated, _) => {}
+                (AllocState::Data, Some(buf)) => {
+                    let part = buf.slice(((pos - start) * bs) as usize, bytes);
+                    self.active.read(pos, part).await?;
+                }
+                (AllocState::Zero, Some(buf)) => {
+                    buf.slice(((pos - start) * bs) as usize, bytes).fill_zero();
+                }
+                (AllocState::Data, None) => {
+                    let part = self.base.alloc_buf(bytes);
+                    self.active.read(pos, part.clone()).await?;
+                    self.base.write(pos, part).await?;
+                }
+                (AllocState::Zero, None) => self.base.write_zeroes(pos, run).await?,
+            }
+            pos += run;
+        }
+        if let Some(buf) = whole {
+            self.base.write(start, buf).await?;
+        }
+        self.active_map
+            .set_range(start, len, AllocState::Unallocated);
+        self.hidden_map.set_range(c, 1, AllocState::Unallocated);
+        self.merge_done.fetch_add(len * bs, SeqCst);
+        self.counters.merged_clusters.fetch_add(1, Relaxed);
+        Ok(())
+    }
+}
