@@ -1,9 +1,11 @@
 //! COLO block replication for SPDK.
 //!
 //! [`engine`] holds the replication rules (stages, copy-before-write, checkpoint, failover
-//! merge, primary forwarding) in plain Rust with no SPDK types; the SPDK host maps bdev I/O,
-//! channels, pollers and RPCs onto it.
+//! merge, primary forwarding) in plain Rust with no SPDK types; [`control`] is the control plane
+//! both hosts share (RPC params, validation, errors, status, saved config); the SPDK host
+//! maps bdev I/O, channels, pollers and RPCs onto them.
 
+pub mod control;
 pub mod engine;
 
 #[cfg(spdk)]

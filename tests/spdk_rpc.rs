@@ -123,7 +123,7 @@ fn create_errors_name_the_parameter_and_leave_nothing() {
         (
             json!({"name": "p0", "mode": "primary", "local_bdev": "m1", "remote_bdev": "b0", "remote_timeout_ms": 0}),
             -22,
-            "remote_timeout_ms: must be greater than 0",
+            "remote_timeout_ms: must be between 1 and 3600000, got 0",
         ),
     ];
     for (params, code, msg) in cases {

@@ -1,0 +1,196 @@
+//! What a host provides to the control plane, and the `bdev_replication_*` methods over it.
+//! The SPDK host implements [`Host`] over SPDK bdevs; the native host over its own; tests
+//! over RAM disks. Everything else about an RPC (decoding, checks, order of claims,
+//! rollback, stage rules, `*_all`, delete policy, status) is decided here, once.
+
+use super::error::{EEXIST, EINVAL, METHOD_NOT_FOUND, RpcError};
+use super::params::{CreateParams, DeleteParams, OptName, StartParams, StopParams, decode};
+use super::replica::{Control, Replica};
+use crate::engine::BlockDevice;
+use futures::future::LocalBoxFuture;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a delete re-checks a running merge.
+const DELETE_MERGE_POLL: Duration = Duration::from_millis(10);
+
+pub trait Host {
+    type Dev: BlockDevice + Clone;
+    /// The host's record of a registered replication bdev.
+    type Node: AsRef<Replica<Self::Dev>> + 'static;
+
+    /// Registered replication bdevs, most recently created first.
+    fn nodes(&self) -> Vec<Arc<Self::Node>>;
+    /// Whether any bdev (ours or not) has this name.
+    fn bdev_exists(&self, name: &str) -> bool;
+    /// Opens bdev `bdev` for writing and claims it; errors name `param`.
+    fn open_claim(&self, param: &'static str, bdev: &str) -> Result<Self::Dev, RpcError>;
+    /// Releases claims taken by [`Host::open_claim`] and closes the bdevs.
+    fn release(&self, legs: Vec<Self::Dev>);
+    /// Registers the bdevs of `replica`. On error the host has released everything.
+    fn register(&self, replica: Replica<Self::Dev>) -> Result<Arc<Self::Node>, RpcError>;
+    /// Unregisters the node's bdevs and releases its claims; completes when they are gone.
+    fn unregister(&self, node: Arc<Self::Node>) -> LocalBoxFuture<'static, ()>;
+    /// Runs a task to completion in the background (on the calling reactor).
+    fn spawn(&self, task: LocalBoxFuture<'static, ()>);
+    fn sleep(&self, d: Duration) -> LocalBoxFuture<'static, ()>;
+}
+
+/// The methods of spec section 6 this control plane answers.
+pub const METHODS: &[&str] = &[
+    "bdev_replication_create",
+    "bdev_replication_delete",
+    "bdev_replication_start",
+    "bdev_replication_checkpoint",
+    "bdev_replication_stop",
+    "bdev_replication_get_error",
+    "bdev_replication_get_status",
+];
+
+/// Answers one `bdev_replication_*` call.
+pub async fn handle<H: Host>(
+    host: &H,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    match method {
+        "bdev_replication_create" => create(host, decode(params)?).map(Value::from),
+        "bdev_replication_delete" => delete(host, decode(params)?).await,
+        "bdev_replication_start" => {
+            let p: StartParams = decode(params)?;
+            run_control(host, p.name, Control::Start(p.mode)).await
+        }
+        "bdev_replication_checkpoint" => {
+            let p: OptName = decode(params)?;
+            run_control(host, p.name, Control::Checkpoint).await
+        }
+        "bdev_replication_stop" => {
+            let p: StopParams = decode(params)?;
+            let op = Control::Stop {
+                failover: p.failover,
+            };
+            run_control(host, p.name, op).await
+        }
+        "bdev_replication_get_error" => list(host, decode(params)?, Replica::get_error),
+        "bdev_replication_get_status" => list(host, decode(params)?, Replica::status),
+        other => Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!("Method not found: {other}"),
+        )),
+    }
+}
+
+pub fn find<H: Host>(host: &H, name: &str) -> Option<Arc<H::Node>> {
+    host.nodes()
+        .into_iter()
+        .find(|n| n.as_ref().as_ref().name() == name)
+}
+
+fn targets<H: Host>(host: &H, name: Option<&str>) -> Result<Vec<Arc<H::Node>>, RpcError> {
+    match name {
+        Some(n) => find(host, n)
+            .map(|n| vec![n])
+            .ok_or_else(|| RpcError::no_such_replica(n)),
+        None => Ok(host.nodes()),
+    }
+}
+
+/// `bdev_replication_create`. On any error nothing is left behind: no claim, no bdev.
+pub fn create<H: Host>(host: &H, p: CreateParams) -> Result<String, RpcError> {
+    let p = p.validated()?;
+    let names = p.bdev_names();
+    for n in &names {
+        let ours = host
+            .nodes()
+            .iter()
+            .any(|node| node.as_ref().as_ref().params.bdev_names().contains(n));
+        if ours || host.bdev_exists(n) {
+            return Err(RpcError::new(
+                EEXIST,
+                format!("name: bdev {n} already exists"),
+            ));
+        }
+    }
+    let wanted = p.leg_params();
+    for (i, (pa, a)) in wanted.iter().enumerate() {
+        if let Some((pb, _)) = wanted[..i].iter().find(|(_, b)| b == a) {
+            return Err(RpcError::invalid(
+                pa,
+                format!("bdev {a} is already used as {pb}"),
+            ));
+        }
+        if names.contains(a) {
+            return Err(RpcError::invalid(
+                pa,
+                format!("bdev {a} is the replication bdev itself"),
+            ));
+        }
+    }
+    let mut legs = Vec::with_capacity(wanted.len());
+    for (param, bdev) in &wanted {
+        match host.open_claim(param, bdev) {
+            Ok(l) => legs.push(l),
+            Err(e) => {
+                host.release(legs);
+                return Err(e);
+            }
+        }
+    }
+    let replica = match Replica::new(p.clone(), legs.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            host.release(legs);
+            return Err(RpcError::new(EINVAL, e.to_string()));
+        }
+    };
+    drop(legs);
+    let node = host.register(replica)?;
+    let r = node.as_ref().as_ref();
+    tracing::info!(name = r.name(), mode = %r.mode(), "replication bdev created");
+    Ok(r.name().to_owned())
+}
+
+/// `bdev_replication_delete`: refused in `failover_failed` without `force`; waits for a
+/// running merge (never leaves a half-merged base), then unregisters.
+pub async fn delete<H: Host>(host: &H, p: DeleteParams) -> Result<Value, RpcError> {
+    let node = find(host, &p.name).ok_or_else(|| RpcError::no_such_replica(&p.name))?;
+    let r = node.as_ref().as_ref();
+    r.check_delete(p.force)?;
+    while r.is_merging() {
+        host.sleep(DELETE_MERGE_POLL).await;
+    }
+    // The merge may have failed meanwhile.
+    r.check_delete(p.force)?;
+    host.unregister(node).await;
+    Ok(Value::Bool(true))
+}
+
+/// start / checkpoint / stop on one bdev, or on all of them, most recently created first,
+/// stopping at the first error (COLO's `*_all` semantics).
+async fn run_control<H: Host>(
+    host: &H,
+    name: Option<String>,
+    op: Control,
+) -> Result<Value, RpcError> {
+    for node in targets(host, name.as_deref())? {
+        if node.as_ref().as_ref().control(op).await? {
+            let n = node.clone();
+            host.spawn(Box::pin(
+                async move { n.as_ref().as_ref().run_merge().await },
+            ));
+        }
+    }
+    Ok(Value::Bool(true))
+}
+
+fn list<H: Host>(
+    host: &H,
+    p: OptName,
+    f: fn(&Replica<H::Dev>) -> Value,
+) -> Result<Value, RpcError> {
+    let nodes = targets(host, p.name.as_deref())?;
+    Ok(Value::Array(
+        nodes.iter().map(|n| f(n.as_ref().as_ref())).collect(),
+    ))
+}

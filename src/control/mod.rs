@@ -1,0 +1,18 @@
+//! The host-agnostic control plane: `bdev_replication_*` params, validation, error codes
+//! and messages, status and saved-config JSON, and the RPC methods themselves over a
+//! [`Host`]. Both hosts (SPDK and native) answer through this code, so they cannot drift.
+
+mod error;
+mod host;
+mod params;
+mod replica;
+pub mod testing;
+
+pub use error::{
+    EBUSY, EEXIST, EINVAL, EIO, ENODEV, EPERM, INVALID_PARAMS, METHOD_NOT_FOUND, RpcError,
+    errno_name,
+};
+pub use host::Host;
+pub use host::{METHODS, create, delete, find, handle};
+pub use params::{CreateParams, DeleteParams, OptName, StartParams, StopParams, decode};
+pub use replica::{Control, Replica, Role};

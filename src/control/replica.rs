@@ -1,0 +1,187 @@
+//! One replication bdev as the control plane sees it: its params, its engine, the bdevs it
+//! claimed; the control operations, status and saved-config entry both hosts report.
+
+use super::error::RpcError;
+use super::params::CreateParams;
+use crate::engine::{
+    BlockDevice, MergeStep, Mode, Primary, PrimaryConfig, ReplicationError, Secondary, Stage,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[allow(clippy::large_enum_variant)] // one per replication bdev
+pub enum Role<D: BlockDevice> {
+    Primary(Primary<D>),
+    Secondary(Secondary<D>),
+}
+
+pub struct Replica<D: BlockDevice> {
+    /// As created, defaults filled in: what status reports and save_config replays.
+    pub params: CreateParams,
+    pub role: Role<D>,
+    /// The claimed bdevs in `CreateParams::leg_params` order: local, remote (primary) or
+    /// base, hidden, active (secondary).
+    pub legs: Vec<D>,
+}
+
+impl<D: BlockDevice> AsRef<Replica<D>> for Replica<D> {
+    fn as_ref(&self) -> &Replica<D> {
+        self
+    }
+}
+
+/// A control operation on one replication bdev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Start(Option<Mode>),
+    Checkpoint,
+    Stop { failover: bool },
+}
+
+impl<D: BlockDevice + Clone> Replica<D> {
+    /// Builds the engine over opened, claimed legs (`params` validated).
+    pub fn new(params: CreateParams, legs: Vec<D>) -> Result<Self, ReplicationError> {
+        let leg = |i: usize| legs.get(i).cloned().ok_or(ReplicationError::Io);
+        let role = match params.mode {
+            Mode::Secondary => Role::Secondary(Secondary::new(
+                leg(0)?,
+                leg(1)?,
+                leg(2)?,
+                params.cow_granularity.unwrap_or_default(),
+            )?),
+            Mode::Primary => Role::Primary(Primary::new(
+                leg(0)?,
+                leg(1)?,
+                PrimaryConfig {
+                    remote_timeout: Duration::from_millis(
+                        params.remote_timeout_ms.unwrap_or_default(),
+                    ),
+                },
+            )?),
+        };
+        Ok(Replica { params, role, legs })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.params.name
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.role {
+            Role::Primary(_) => Mode::Primary,
+            Role::Secondary(_) => Mode::Secondary,
+        }
+    }
+
+    pub fn stage(&self) -> Stage {
+        match &self.role {
+            Role::Primary(p) => p.stage(),
+            Role::Secondary(s) => s.stage(),
+        }
+    }
+
+    pub fn secondary(&self) -> Option<&Secondary<D>> {
+        match &self.role {
+            Role::Secondary(s) => Some(s),
+            Role::Primary(_) => None,
+        }
+    }
+
+    /// Runs `op`. `Ok(true)`: this call started a failover merge, which the caller must
+    /// run ([`Replica::run_merge`]) as a background task.
+    pub async fn control(&self, op: Control) -> Result<bool, RpcError> {
+        let r = match (&self.role, op) {
+            (Role::Primary(p), Control::Start(m)) => p.start(m).map(|()| false),
+            (Role::Primary(p), Control::Checkpoint) => p.checkpoint().map(|()| false),
+            (Role::Primary(p), Control::Stop { failover }) => p.stop(failover).map(|()| false),
+            (Role::Secondary(s), Control::Start(m)) => s.start(m).await.map(|()| false),
+            (Role::Secondary(s), Control::Checkpoint) => s.checkpoint().await.map(|()| false),
+            (Role::Secondary(s), Control::Stop { failover }) => s.stop(failover).await,
+        };
+        r.map_err(|e| RpcError::from_engine(self.name(), e))
+    }
+
+    /// The failover merge to its end; logs the outcome.
+    pub async fn run_merge(&self) {
+        let Some(sec) = self.secondary() else { return };
+        match sec.run_merge().await {
+            Ok(MergeStep::Done) => tracing::info!(name = self.name(), "failover merge done"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(name = self.name(), error = %e, "failover merge failed"),
+        }
+    }
+
+    /// Whether a delete may proceed now (spec 5.5): refused in `failover_failed` without
+    /// `force`. A host waits for a running merge, then asks again.
+    pub fn check_delete(&self, force: bool) -> Result<(), RpcError> {
+        match &self.role {
+            Role::Secondary(s) => s
+                .check_delete(force)
+                .map_err(|e| RpcError::from_engine(self.name(), e)),
+            Role::Primary(_) => Ok(()),
+        }
+    }
+
+    pub fn is_merging(&self) -> bool {
+        self.secondary().is_some_and(|s| s.is_merging())
+    }
+
+    fn error(&self) -> Value {
+        let r = match &self.role {
+            Role::Primary(p) => p.get_error(),
+            Role::Secondary(s) => s.get_error(),
+        };
+        match r {
+            Ok(()) => Value::Null,
+            Err(e) => Value::from(e.to_string()),
+        }
+    }
+
+    /// A `bdev_replication_get_error` entry.
+    pub fn get_error(&self) -> Value {
+        json!({"name": self.name(), "stage": self.stage(), "error": self.error()})
+    }
+
+    /// A `bdev_replication_get_status` entry, also `driver_specific.replication`.
+    pub fn status(&self) -> Value {
+        let p = &self.params;
+        match &self.role {
+            Role::Secondary(sec) => {
+                let (active_blocks, hidden_clusters) = sec.allocated();
+                json!({
+                    "name": p.name,
+                    "mode": "secondary",
+                    "stage": sec.stage(),
+                    "error": self.error(),
+                    "cow_granularity": sec.geometry().cow_granularity(),
+                    "ingress_name": p.ingress_name,
+                    "base_bdev": p.base_bdev,
+                    "hidden_bdev": p.hidden_bdev,
+                    "active_bdev": p.active_bdev,
+                    "counters": sec.counters(),
+                    "allocated": {"active_blocks": active_blocks, "hidden_clusters": hidden_clusters},
+                    "merge": sec.merge_progress(),
+                })
+            }
+            Role::Primary(pr) => json!({
+                "name": p.name,
+                "mode": "primary",
+                "stage": pr.stage(),
+                "error": self.error(),
+                "cow_granularity": null,
+                "ingress_name": null,
+                "local_bdev": p.local_bdev,
+                "remote_bdev": p.remote_bdev,
+                "remote_timeout_ms": p.remote_timeout_ms,
+                "link_broken": pr.link_broken(),
+                "counters": pr.counters(),
+                "merge": {"total_bytes": 0, "done_bytes": 0},
+            }),
+        }
+    }
+
+    /// The `save_config` entry that recreates this replication bdev.
+    pub fn config_entry(&self) -> Value {
+        json!({"method": "bdev_replication_create", "params": self.params})
+    }
+}

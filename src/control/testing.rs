@@ -1,0 +1,166 @@
+//! A [`Host`] over RAM disks with SPDK's claim rules: what the control plane's own tests,
+//! its fuzzer and benches run on, without SPDK.
+
+use super::error::{EBUSY, ENODEV, RpcError};
+use super::host::Host;
+use super::replica::Replica;
+use crate::engine::testing::{TestDisk, test_disk};
+use futures::executor::{LocalPool, LocalSpawner};
+use futures::future::LocalBoxFuture;
+use futures::task::LocalSpawnExt;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+struct Bdev {
+    disk: TestDisk,
+    claimed: bool,
+}
+
+pub struct RamHost {
+    bdevs: RefCell<BTreeMap<String, Bdev>>,
+    nodes: RefCell<Vec<Arc<Replica<TestDisk>>>>,
+    pool: RefCell<LocalPool>,
+    spawner: LocalSpawner,
+}
+
+impl Default for RamHost {
+    fn default() -> Self {
+        let pool = LocalPool::new();
+        let spawner = pool.spawner();
+        RamHost {
+            bdevs: RefCell::default(),
+            nodes: RefCell::default(),
+            pool: RefCell::new(pool),
+            spawner,
+        }
+    }
+}
+
+impl RamHost {
+    /// Like `bdev_malloc_create`.
+    pub fn add_malloc(&self, name: &str, block_size: u32, num_blocks: u64) -> TestDisk {
+        let disk = test_disk(block_size, num_blocks);
+        self.bdevs.borrow_mut().insert(
+            name.to_owned(),
+            Bdev {
+                disk: disk.clone(),
+                claimed: false,
+            },
+        );
+        disk
+    }
+
+    pub fn disk(&self, name: &str) -> Option<TestDisk> {
+        self.bdevs.borrow().get(name).map(|b| b.disk.clone())
+    }
+
+    /// Names of the claimed bdevs.
+    pub fn claimed(&self) -> Vec<String> {
+        let b = self.bdevs.borrow();
+        b.iter()
+            .filter(|(_, b)| b.claimed)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Runs `fut` (an RPC, say) and the host's background tasks until `fut` completes.
+    pub fn run<F: Future>(&self, fut: F) -> F::Output {
+        self.pool.borrow_mut().run_until(fut)
+    }
+
+    /// Runs background tasks (a merge) until none can make progress.
+    pub fn run_background(&self) {
+        self.pool.borrow_mut().run_until_stalled();
+    }
+
+    /// Calls a method as a JSON-RPC client would, and runs it to its end.
+    pub fn call(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, RpcError> {
+        self.run(super::handle(self, method, Some(params)))
+    }
+}
+
+/// A future that is ready at its second poll: a reactor turn.
+fn yield_once() -> impl Future<Output = ()> {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+}
+
+impl Host for RamHost {
+    type Dev = TestDisk;
+    type Node = Replica<TestDisk>;
+
+    fn nodes(&self) -> Vec<Arc<Replica<TestDisk>>> {
+        self.nodes.borrow().iter().rev().cloned().collect()
+    }
+
+    fn bdev_exists(&self, name: &str) -> bool {
+        self.bdevs.borrow().contains_key(name)
+            || self
+                .nodes
+                .borrow()
+                .iter()
+                .any(|n| n.params.bdev_names().contains(&name))
+    }
+
+    fn open_claim(&self, param: &'static str, bdev: &str) -> Result<TestDisk, RpcError> {
+        let mut all = self.bdevs.borrow_mut();
+        let Some(b) = all.get_mut(bdev) else {
+            return Err(RpcError::new(
+                ENODEV,
+                format!("{param}: cannot open bdev {bdev} (no such device)"),
+            ));
+        };
+        if b.claimed {
+            return Err(RpcError::new(
+                EBUSY,
+                format!("{param}: bdev {bdev} is already claimed"),
+            ));
+        }
+        b.claimed = true;
+        Ok(b.disk.clone())
+    }
+
+    fn release(&self, legs: Vec<TestDisk>) {
+        for b in self.bdevs.borrow_mut().values_mut() {
+            if legs.iter().any(|l| Arc::ptr_eq(l, &b.disk)) {
+                b.claimed = false;
+            }
+        }
+    }
+
+    fn register(&self, replica: Replica<TestDisk>) -> Result<Arc<Replica<TestDisk>>, RpcError> {
+        let node = Arc::new(replica);
+        self.nodes.borrow_mut().push(node.clone());
+        Ok(node)
+    }
+
+    fn unregister(&self, node: Arc<Replica<TestDisk>>) -> LocalBoxFuture<'static, ()> {
+        self.nodes.borrow_mut().retain(|n| !Arc::ptr_eq(n, &node));
+        self.release(node.legs.clone());
+        Box::pin(std::future::ready(()))
+    }
+
+    fn spawn(&self, task: LocalBoxFuture<'static, ()>) {
+        // Only fails once the pool is gone, i.e. with the host.
+        let _ = self.spawner.spawn_local(task);
+    }
+
+    fn sleep(&self, _d: Duration) -> LocalBoxFuture<'static, ()> {
+        Box::pin(yield_once())
+    }
+}
