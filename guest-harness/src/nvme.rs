@@ -81,7 +81,7 @@ pub fn kernel_nvmet_target(host_port: u16, nqn: &str, size_mib: u32) -> Result<G
 }
 
 /// A guest script for the kernel initiator: `nvme discover` (prints `NVME_DISCOVER_SUBNQN=`),
-/// `nvme connect` (prints `NVME_CTRL=`, `NVME_DEV=`), `nvme id-ctrl` (`NVME_MN=`,
+/// `nvme connect` (prints `NVME_CTRL=`, `NVME_DEV=`), `nvme list`, `nvme id-ctrl` (`NVME_MN=`,
 /// `NVME_SUBNQN=`, `NVME_CNTLID=`), an O_DIRECT write + read-back of `io_mib` MiB with md5
 /// comparison (`IO_OK=1`; skipped when 0) and `nvme disconnect`. Exits non-zero at the first
 /// failing step (exit codes 81-85). `addr` is as seen from the guest: use
@@ -91,6 +91,7 @@ pub fn nvme_initiator_script(addr: &str, port: u16, nqn: &str, io_mib: u32) -> S
     let mut s = format!(
         "nvme_discover {a} {port} || exit 81\n\
          nvme_connect_wait {a} {port} {n} || exit 82\n\
+         nvme list\n\
          nvme_id_ctrl \"$NVME_CTRL\" || exit 83\n"
     );
     if io_mib > 0 {
