@@ -438,7 +438,7 @@ fn case12_failover_converges_under_svm_load() {
         match block_on(n.sec.merge_step()).unwrap() {
             MergeStep::Progress => assert!(steps <= clusters + 1, "merge does not converge"),
             MergeStep::Done => break,
-            MergeStep::Idle => panic!("merge stopped"),
+            MergeStep::Idle | MergeStep::Backoff => panic!("merge stopped"),
         }
         let p = n.sec.merge_progress();
         assert!(p.done_bytes <= p.total_bytes);

@@ -293,3 +293,34 @@ fn zero_block_requests_are_harmless() {
     assert_eq!(n.sec.plan_top_read(lba(C64K), 0).unwrap().count(), 0);
     assert_eq!(n.sec.allocated(), (0, 0));
 }
+
+#[test]
+fn out_of_buffers_is_retryable_not_fatal() {
+    let n = started();
+    // A COW copy that cannot get a buffer fails the ingress write with NoMem (the host
+    // retries it later) and leaves the cluster armed; nothing reached the base.
+    n.base.fail_allocs(1);
+    assert_eq!(n.ingress_write(0, 4096, 0x22), Err(IoError::NoMem));
+    assert_eq!(n.sec.allocated().1, 0);
+    assert_runs(&n.base_bytes(0, C64K), &[(C64K, 0x11)]);
+    n.ingress_write(0, 4096, 0x22).unwrap();
+    assert_eq!(n.sec.allocated().1, 1);
+    // A merge step without buffers backs off and is retried; the failover completes.
+    n.top_write(2 * C64K, 4096, 0x33).unwrap();
+    block_on(n.sec.stop(true)).unwrap();
+    n.base.fail_allocs(2);
+    assert_eq!(block_on(n.sec.merge_step()), Ok(MergeStep::Backoff));
+    assert_eq!(n.sec.stage(), Stage::Failover);
+    let mut backoffs = 0;
+    let end = block_on(n.sec.run_merge_with(|step| {
+        backoffs += usize::from(step == MergeStep::Backoff);
+        std::future::ready(())
+    }));
+    assert_eq!(end, Ok(MergeStep::Done));
+    assert_eq!(backoffs, 1);
+    assert_eq!(n.sec.get_error(), Ok(()));
+    assert_runs(
+        &n.base_bytes(0, 3 * C64K),
+        &[(2 * C64K, 0x11), (4096, 0x33), (C64K - 4096, 0x11)],
+    );
+}

@@ -32,8 +32,9 @@ pub trait Host {
     fn register(&self, replica: Replica<Self::Dev>) -> Result<Arc<Self::Node>, RpcError>;
     /// Unregisters the node's bdevs and releases its claims; completes when they are gone.
     fn unregister(&self, node: Arc<Self::Node>) -> LocalBoxFuture<'static, ()>;
-    /// Runs a task to completion in the background (on the calling reactor).
-    fn spawn(&self, task: LocalBoxFuture<'static, ()>);
+    /// Runs [`Replica::run_merge`] of `node` as a background task (on the calling
+    /// reactor), pausing with the host's timers when it backs off.
+    fn spawn_merge(&self, node: Arc<Self::Node>);
     fn sleep(&self, d: Duration) -> LocalBoxFuture<'static, ()>;
 }
 
@@ -175,10 +176,7 @@ async fn run_control<H: Host>(
 ) -> Result<Value, RpcError> {
     for node in targets(host, name.as_deref())? {
         if node.as_ref().as_ref().control(op).await? {
-            let n = node.clone();
-            host.spawn(Box::pin(
-                async move { n.as_ref().as_ref().run_merge().await },
-            ));
+            host.spawn_merge(node.clone());
         }
     }
     Ok(Value::Bool(true))

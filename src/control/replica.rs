@@ -101,10 +101,23 @@ impl<D: BlockDevice + Clone> Replica<D> {
         r.map_err(|e| RpcError::from_engine(self.name(), e))
     }
 
-    /// The failover merge to its end; logs the outcome.
-    pub async fn run_merge(&self) {
+    /// The failover merge to its end; logs the outcome. `pause` is awaited when the
+    /// merge must back off (out of buffers).
+    pub async fn run_merge<F, Fut>(&self, mut pause: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let Some(sec) = self.secondary() else { return };
-        match sec.run_merge().await {
+        let between = |step| {
+            let p = (step == MergeStep::Backoff).then(&mut pause);
+            async move {
+                if let Some(p) = p {
+                    p.await
+                }
+            }
+        };
+        match sec.run_merge_with(between).await {
             Ok(MergeStep::Done) => tracing::info!(name = self.name(), "failover merge done"),
             Ok(_) => {}
             Err(e) => tracing::error!(name = self.name(), error = %e, "failover merge failed"),

@@ -155,9 +155,11 @@ impl Host for RamHost {
         Box::pin(std::future::ready(()))
     }
 
-    fn spawn(&self, task: LocalBoxFuture<'static, ()>) {
+    fn spawn_merge(&self, node: Arc<Replica<TestDisk>>) {
         // Only fails once the pool is gone, i.e. with the host.
-        let _ = self.spawner.spawn_local(task);
+        let _ = self
+            .spawner
+            .spawn_local(async move { node.run_merge(yield_once).await });
     }
 
     fn sleep(&self, _d: Duration) -> LocalBoxFuture<'static, ()> {

@@ -46,8 +46,9 @@ pub trait BlockDevice: 'static {
     type Buf: IoBuf;
     fn block_size(&self) -> u32;
     fn num_blocks(&self) -> u64;
-    /// A buffer suitable for I/O to this device (DMA-able memory on SPDK).
-    fn alloc_buf(&self, len: usize) -> Self::Buf;
+    /// A buffer suitable for I/O to this device (DMA-able memory on SPDK);
+    /// `Err(NoMem)` when none can be had now (the host retries the request later).
+    fn alloc_buf(&self, len: usize) -> Result<Self::Buf, IoError>;
     fn read(&self, lba: u64, buf: Self::Buf) -> impl Future<Output = Result<(), IoError>>;
     fn write(&self, lba: u64, buf: Self::Buf) -> impl Future<Output = Result<(), IoError>>;
     fn write_zeroes(&self, lba: u64, nblocks: u64) -> impl Future<Output = Result<(), IoError>>;
@@ -68,7 +69,7 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     fn num_blocks(&self) -> u64 {
         (**self).num_blocks()
     }
-    fn alloc_buf(&self, len: usize) -> Self::Buf {
+    fn alloc_buf(&self, len: usize) -> Result<Self::Buf, IoError> {
         (**self).alloc_buf(len)
     }
     fn read(&self, lba: u64, buf: Self::Buf) -> impl Future<Output = Result<(), IoError>> {

@@ -112,8 +112,8 @@ impl BlockDevice for MemDisk {
     fn num_blocks(&self) -> u64 {
         self.data.lock().unwrap().len() as u64 / u64::from(self.block_size)
     }
-    fn alloc_buf(&self, len: usize) -> MemBuf {
-        MemBuf::zeroed(len)
+    fn alloc_buf(&self, len: usize) -> Result<MemBuf, IoError> {
+        Ok(MemBuf::zeroed(len))
     }
     fn read(&self, lba: u64, buf: MemBuf) -> impl Future<Output = Result<(), IoError>> {
         let r = self.span(lba, self.buf_blocks(&buf)).map(|span| {
@@ -168,8 +168,8 @@ impl BlockDevice for NullDisk {
     fn num_blocks(&self) -> u64 {
         self.num_blocks
     }
-    fn alloc_buf(&self, len: usize) -> MemBuf {
-        MemBuf::zeroed(len)
+    fn alloc_buf(&self, len: usize) -> Result<MemBuf, IoError> {
+        Ok(MemBuf::zeroed(len))
     }
     fn read(&self, _lba: u64, buf: MemBuf) -> impl Future<Output = Result<(), IoError>> {
         buf.fill_zero();
@@ -262,6 +262,7 @@ pub struct Faulty<D> {
     rules: Mutex<Vec<Rule>>,
     log: Mutex<Vec<OpRecord>>,
     no_flush: AtomicBool,
+    no_mem: AtomicUsize,
 }
 
 impl<D: BlockDevice> Faulty<D> {
@@ -271,7 +272,12 @@ impl<D: BlockDevice> Faulty<D> {
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             no_flush: AtomicBool::new(false),
+            no_mem: AtomicUsize::new(0),
         }
+    }
+    /// The next `n` buffer allocations fail as if DMA memory ran out.
+    pub fn fail_allocs(&self, n: usize) {
+        self.no_mem.store(n, SeqCst);
     }
     /// Makes the device one without FLUSH (like a null bdev): it says so, and a flush sent
     /// anyway fails.
@@ -369,7 +375,11 @@ impl<D: BlockDevice> BlockDevice for Faulty<D> {
     fn num_blocks(&self) -> u64 {
         self.inner.num_blocks()
     }
-    fn alloc_buf(&self, len: usize) -> D::Buf {
+    fn alloc_buf(&self, len: usize) -> Result<D::Buf, IoError> {
+        if self.no_mem.load(SeqCst) > 0 {
+            self.no_mem.fetch_sub(1, SeqCst);
+            return Err(IoError::NoMem);
+        }
         self.inner.alloc_buf(len)
     }
     fn read(&self, lba: u64, buf: D::Buf) -> impl Future<Output = Result<(), IoError>> {

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 
 impl<D: BlockDevice> Secondary<D> {
     /// Merges the clusters of `[lba, lba + n)` that still hold overlay data.
-    pub(super) async fn merge_clusters_of(&self, lba: u64, n: u64) -> Result<(), ReplicationError> {
+    pub(super) async fn merge_clusters_of(&self, lba: u64, n: u64) -> Result<(), IoError> {
         for c in self.geo.clusters_of(lba, n) {
             if self.cluster_has_overlay(c) {
                 let _c = self.clusters.lock(c).await;
                 if self.stage() != Stage::Failover {
-                    return Err(ReplicationError::Io);
+                    return Err(IoError::Io);
                 }
                 if self.cluster_has_overlay(c) {
                     self.merge_cluster_or_fail(c).await?;
@@ -63,7 +63,12 @@ impl<D: BlockDevice> Secondary<D> {
                     return Ok(MergeStep::Idle);
                 }
                 if self.cluster_has_overlay(c) {
-                    self.merge_cluster_or_fail(c).await?;
+                    match self.merge_cluster_or_fail(c).await {
+                        Ok(()) => {}
+                        // The cursor stays: this cluster is tried again after a pause.
+                        Err(IoError::NoMem) => return Ok(MergeStep::Backoff),
+                        Err(_) => return Err(ReplicationError::Io),
+                    }
                 }
                 self.merge_cursor.fetch_max(c + 1, SeqCst);
                 Ok(MergeStep::Progress)
@@ -74,13 +79,13 @@ impl<D: BlockDevice> Secondary<D> {
 
     /// Runs the merge to its end: `Done`, or `Idle` when there is nothing to merge or
     /// another task already runs the merge (one merge at a time). `between` runs after
-    /// each step (a host yields to its reactor there).
+    /// each step that did not finish it (a host pauses on `Backoff`).
     pub async fn run_merge_with<F, Fut>(
         &self,
         mut between: F,
     ) -> Result<MergeStep, ReplicationError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(MergeStep) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         if self
@@ -99,7 +104,7 @@ impl<D: BlockDevice> Secondary<D> {
         let _running = Running(&self.merge_running);
         loop {
             match self.merge_step().await? {
-                MergeStep::Progress => between().await,
+                step @ (MergeStep::Progress | MergeStep::Backoff) => between(step).await,
                 end => return Ok(end),
             }
         }
@@ -107,7 +112,7 @@ impl<D: BlockDevice> Secondary<D> {
 
     /// [`Secondary::run_merge_with`] without pauses (tests and simple hosts).
     pub async fn run_merge(&self) -> Result<MergeStep, ReplicationError> {
-        self.run_merge_with(|| std::future::ready(())).await
+        self.run_merge_with(|_| std::future::ready(())).await
     }
 
     async fn finish_merge(&self) -> Result<MergeStep, ReplicationError> {
@@ -138,13 +143,16 @@ impl<D: BlockDevice> Secondary<D> {
         self.stage.set(Stage::FailoverFailed);
     }
 
-    async fn merge_cluster_or_fail(&self, c: u64) -> Result<(), ReplicationError> {
+    /// Merges cluster `c`; an I/O failure fails the merge (stage `failover_failed`),
+    /// running out of buffers does not (`Err(NoMem)`: try again later).
+    async fn merge_cluster_or_fail(&self, c: u64) -> Result<(), IoError> {
         match self.merge_cluster(c).await {
             Ok(()) => Ok(()),
+            Err(IoError::NoMem) => Err(IoError::NoMem),
             Err(e) => {
                 tracing::error!(cluster = c, error = %e, "failover: merge failed");
                 self.fail_merge();
-                Err(ReplicationError::Io)
+                Err(IoError::Io)
             }
         }
     }
@@ -155,7 +163,10 @@ impl<D: BlockDevice> Secondary<D> {
         let (start, len) = self.geo.cluster_extent(c);
         let bs = u64::from(self.geo.block_size);
         let in_hidden = self.hidden_map.get(c) == AllocState::Data;
-        let whole = in_hidden.then(|| self.base.alloc_buf((len * bs) as usize));
+        let whole = match in_hidden {
+            true => Some(self.base.alloc_buf((len * bs) as usize)?),
+            false => None,
+        };
         if let Some(buf) = &whole {
             self.hidden.read(start, buf.clone()).await?;
         }
@@ -173,7 +184,7 @@ impl<D: BlockDevice> Secondary<D> {
                     buf.slice(((pos - start) * bs) as usize, bytes).fill_zero();
                 }
                 (AllocState::Data, None) => {
-                    let part = self.base.alloc_buf(bytes);
+                    let part = self.base.alloc_buf(bytes)?;
                     self.active.read(pos, part.clone()).await?;
                     self.base.write(pos, part).await?;
                 }

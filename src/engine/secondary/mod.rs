@@ -89,6 +89,8 @@ pub struct MergeProgress {
 pub enum MergeStep {
     /// One cluster merged (or found already merged); call again.
     Progress,
+    /// Out of buffers for now: call again after a pause.
+    Backoff,
     /// Nothing left: the top now addresses the base, stage `done`.
     Done,
     /// Not in `failover` (nothing to do).
@@ -452,8 +454,11 @@ impl<D: BlockDevice> Secondary<D> {
                     // through: the SVM's own writes thus push the merge forward. If a merge
                     // fails the stage is now failover_failed: route the write as that stage
                     // does (nothing of it was issued yet).
-                    if self.merge_clusters_of(lba, n).await.is_ok() {
-                        return op.issue(&self.base, lba).await;
+                    match self.merge_clusters_of(lba, n).await {
+                        Ok(()) => return op.issue(&self.base, lba).await,
+                        // Out of buffers: the host retries the whole request later.
+                        Err(IoError::NoMem) => return Err(IoError::NoMem),
+                        Err(_) => {}
                     }
                 }
                 TopWritePlan::Slow => return self.split_write(lba, n, op).await,
@@ -548,7 +553,7 @@ impl<D: BlockDevice> Secondary<D> {
         }
         let (start, len) = self.geo.cluster_extent(c);
         let bytes = self.geo.bytes(len);
-        let buf = self.base.alloc_buf(bytes as usize);
+        let buf = self.base.alloc_buf(bytes as usize)?;
         let copied = async {
             self.base.read(start, buf.clone()).await?;
             self.hidden.write(start, buf).await
