@@ -16,6 +16,8 @@ use crate::output::{GuestError, GuestOutput};
 
 /// Line the guest's `/init` prints on the script output port after the script ends.
 const RESULT_MARKER: &str = "GUEST-HARNESS-RESULT: rc=";
+/// Largest script passed through fw_cfg.
+const MAX_SCRIPT: usize = 256 << 10;
 /// How often the supervisor looks at the serial log files and QEMU's status.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -95,6 +97,13 @@ impl GuestBuilder {
 
     /// Builds (or reuses) the initramfs and starts QEMU in the background.
     pub fn spawn(self) -> Result<Guest> {
+        // fw_cfg is read byte by byte under TCG: a few MiB take minutes (see README.md)
+        if self.script.len() > MAX_SCRIPT {
+            anyhow::bail!(
+                "guest script is {} bytes (max {MAX_SCRIPT}): generate data inside the guest",
+                self.script.len()
+            );
+        }
         let env = HostEnv::load()?;
         let initrd = crate::initramfs::initramfs(&env)?;
         let dir = tempfile::Builder::new()
@@ -135,15 +144,16 @@ impl GuestBuilder {
             .name("guest-harness".into())
             .spawn(move || sup.run(cmd, tx))
             .context("spawning the guest supervisor thread")?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
+        let pid = match rx.recv() {
+            Ok(Ok(pid)) => pid,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e).context(format!("starting {}", env.qemu.display()));
             }
             Err(_) => anyhow::bail!("guest supervisor thread died"),
-        }
+        };
         Ok(Guest {
+            pid,
             shared,
             thread: Some(thread),
             timeout: self.timeout,
@@ -256,7 +266,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn run(self, mut cmd: Command, started: mpsc::Sender<Result<()>>) {
+    fn run(self, mut cmd: Command, started: mpsc::Sender<Result<u32>>) {
         let mut child: Child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -264,7 +274,7 @@ impl Supervisor {
                 return;
             }
         };
-        let _ = started.send(Ok(()));
+        let _ = started.send(Ok(child.id()));
         let mut logs = [Tail::new(&self.console), Tail::new(&self.output)];
         let finish = loop {
             let status = child.try_wait().ok().flatten();
@@ -348,6 +358,7 @@ impl Tail {
 
 /// A running guest. Dropping it kills QEMU.
 pub struct Guest {
+    pid: u32,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     timeout: Duration,
@@ -393,6 +404,11 @@ impl Guest {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Script output so far.

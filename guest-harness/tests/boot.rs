@@ -65,3 +65,26 @@ fn timeout_kills_the_guest() {
     );
     assert!(start.elapsed() < Duration::from_secs(30));
 }
+
+/// wait_for_line sees a line while the guest runs; dropping the guest kills QEMU.
+#[test]
+fn drop_kills_a_running_guest() {
+    if skip("drop_kills_a_running_guest") {
+        return;
+    }
+    let guest = Guest::builder()
+        .script("echo STARTED=1\nidle\n")
+        .no_network()
+        .timeout(Duration::from_secs(120))
+        .spawn()
+        .unwrap();
+    let line = guest
+        .wait_for_line("STARTED=", Duration::from_secs(100))
+        .unwrap();
+    assert_eq!(line, "STARTED=1");
+    let proc = std::path::PathBuf::from(format!("/proc/{}", guest.pid()));
+    assert!(proc.exists());
+    drop(guest);
+    // the supervisor reaped QEMU before drop returned
+    assert!(!proc.exists(), "QEMU still running after drop");
+}

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use guest_harness::{Guest, NvmetTarget, free_port, kernel_nvmet_target, nvme_initiator_script};
+use guest_harness::{
+    Guest, HOST_ADDR_FROM_GUEST, NvmetTarget, free_port, kernel_nvmet_target, nvme_initiator_script,
+};
 
 fn skip(test: &str) -> bool {
     match guest_harness::available() {
@@ -102,4 +104,37 @@ fn nvme_cli_initiator_against_in_guest_nvmet() {
     assert_eq!(out.value("MD5_WRITTEN"), out.value("MD5_READ"), "{why}");
     assert_eq!(out.value("NVME_DISCONNECTED"), Some(nqn), "{why}");
     eprintln!("{}", out.output);
+}
+
+/// Guest initiator -> 10.0.2.2 (the host's 127.0.0.1) -> hostfwd -> a second guest's nvmet:
+/// the path a guest initiator takes to a target listening on the host.
+#[test]
+fn guest_initiator_reaches_host_port() {
+    if skip("guest_initiator_reaches_host_port") {
+        return;
+    }
+    let port = free_port().unwrap();
+    let nqn = "nqn.2024-01.io.spdk-replication:via-host";
+    let mut target = NvmetTarget::new(nqn, 64);
+    target.block_size = 4096;
+    let _target = target
+        .spawn_with(port, Guest::builder().timeout(Duration::from_secs(300)))
+        .unwrap();
+    let script = format!(
+        "nvme_connect_wait {HOST_ADDR_FROM_GUEST} {port} {nqn} || exit 1\n\
+         echo LBA=$(cat /sys/block/${{NVME_DEV#/dev/}}/queue/logical_block_size)\n\
+         io_check \"$NVME_DEV\" 2 1 || exit 2\n\
+         nvme_disconnect {nqn} || exit 3\n"
+    );
+    let out = Guest::builder()
+        .script(script)
+        .append("nvme_core.admin_timeout=15")
+        .timeout(Duration::from_secs(150))
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    out.check_success().unwrap();
+    assert_eq!(out.value("LBA"), Some("4096"), "{}", out.describe());
+    assert_eq!(out.value("IO_OK"), Some("1"), "{}", out.describe());
 }
