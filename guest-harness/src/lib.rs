@@ -49,7 +49,23 @@ pub use output::{GuestError, GuestOutput, key_values};
 /// `Ok` when guests can run here; otherwise one line saying what is missing (QEMU, kernel,
 /// busybox, nvme-cli), suitable for `eprintln!("skipped {test}: {why}")`.
 pub fn available() -> Result<(), String> {
-    HostEnv::load().map(|_| ()).map_err(|e| format!("{e:#}"))
+    // Checked once per process: QEMU must also start (a private QEMU could lack a library).
+    static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    RESULT
+        .get_or_init(|| {
+            let env = HostEnv::load().map_err(|e| format!("{e:#}"))?;
+            let out = std::process::Command::new(&env.qemu)
+                .arg("-version")
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", env.qemu.display()))?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let first = err.lines().next().unwrap_or("").trim();
+                return Err(format!("{} -version failed: {first}", env.qemu.display()));
+            }
+            Ok(())
+        })
+        .clone()
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for `hostfwd` or a host listener).

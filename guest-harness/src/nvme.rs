@@ -73,6 +73,7 @@ impl NvmetTarget {
 /// Boots a guest whose kernel serves `nqn` (one `size_mib` MiB null_blk namespace, 512-byte
 /// blocks, any host allowed) over NVMe/TCP, reachable from the host at `127.0.0.1:host_port`.
 /// Returns once the target listens; the target lives until the guest is dropped or 10 minutes.
+/// Its discovery log advertises the guest-side listener (`0.0.0.0:4420`), not the host port.
 pub fn kernel_nvmet_target(host_port: u16, nqn: &str, size_mib: u32) -> Result<Guest> {
     NvmetTarget::new(nqn, size_mib).spawn_with(
         host_port,
