@@ -43,6 +43,7 @@ const FUNCTIONS: &[&str] = &[
     "spdk_bdev_get_by_name",
     "spdk_bdev_get_io_channel",
     "spdk_bdev_get_num_blocks",
+    "spdk_bdev_has_write_cache",
     "spdk_bdev_io_complete",
     "spdk_bdev_io_get_buf",
     "spdk_bdev_io_type_supported",

@@ -360,3 +360,43 @@ fn saved_config_recreates_the_node() {
     }
     assert_eq!(ok(&h2, "bdev_replication_get_status", json!({})), before);
 }
+
+#[test]
+fn overlays_are_released_at_done() {
+    for failover in [true, false] {
+        let h = host();
+        ok(&h, "bdev_replication_create", sec(json!({})));
+        ok(&h, "bdev_replication_start", json!({}));
+        ok(&h, "bdev_replication_stop", json!({"failover": failover}));
+        h.run_background();
+        assert_eq!(
+            h.claimed(),
+            ["b0"],
+            "failover {failover}: overlays released"
+        );
+        // Another replication bdev may take them now; the first one keeps serving its top.
+        ok(
+            &h,
+            "bdev_replication_create",
+            json!({"name": "p1", "mode": "primary", "local_bdev": "h0", "remote_bdev": "a0"}),
+        );
+        h.disk("h0")
+            .unwrap()
+            .fail(&[OpKind::Read, OpKind::Write], None, None);
+        let node = spdk_replication::control::find(&h, "s0").unwrap();
+        let s = node.secondary().unwrap();
+        h.run(async {
+            let buf = spdk_replication::engine::testing::MemBuf::filled(4096, 0x5a);
+            s.top_write(0, buf).await.unwrap();
+            let back = spdk_replication::engine::testing::MemBuf::filled(4096, 0xee);
+            s.top_read(0, back.clone()).await.unwrap();
+            assert!(back.to_vec().iter().all(|&b| b == 0x5a));
+        });
+        ok(&h, "bdev_replication_delete", json!({"name": "s0"}));
+        assert_eq!(
+            h.claimed(),
+            ["a0", "h0"],
+            "p1's claims untouched by the delete"
+        );
+    }
+}

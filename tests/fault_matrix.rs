@@ -50,6 +50,7 @@ impl Op {
 }
 
 /// A replication bdev under test, either side.
+#[allow(clippy::large_enum_variant)]
 enum Subject {
     Sec(Node),
     Pri {

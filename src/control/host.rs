@@ -35,6 +35,10 @@ pub trait Host {
     /// Runs [`Replica::run_merge`] of `node` as a background task (on the calling
     /// reactor), pausing with the host's timers when it backs off.
     fn spawn_merge(&self, node: Arc<Self::Node>);
+    /// A secondary reached `done`: drop the claims on its overlays (spec 5.5) so they can
+    /// be deleted or reused without touching the top. Idempotent. A host's merge task
+    /// calls it too when the merge completes.
+    fn release_overlays(&self, node: &Arc<Self::Node>);
     fn sleep(&self, d: Duration) -> LocalBoxFuture<'static, ()>;
 }
 
@@ -175,8 +179,11 @@ async fn run_control<H: Host>(
     op: Control,
 ) -> Result<Value, RpcError> {
     for node in targets(host, name.as_deref())? {
-        if node.as_ref().as_ref().control(op).await? {
+        let r = node.as_ref().as_ref();
+        if r.control(op).await? {
             host.spawn_merge(node.clone());
+        } else if r.secondary().is_some() && r.stage() == crate::engine::Stage::Done {
+            host.release_overlays(&node);
         }
     }
     Ok(Value::Bool(true))

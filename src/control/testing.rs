@@ -25,6 +25,9 @@ pub struct RamHost {
     nodes: RefCell<Vec<Arc<Replica<TestDisk>>>>,
     pool: RefCell<LocalPool>,
     spawner: LocalSpawner,
+    /// Nodes whose merge task finished at `done`: their overlays are released on the next
+    /// [`RamHost::run_background`] (the task cannot borrow the host).
+    released: std::rc::Rc<RefCell<Vec<Arc<Replica<TestDisk>>>>>,
 }
 
 impl Default for RamHost {
@@ -36,6 +39,7 @@ impl Default for RamHost {
             nodes: RefCell::default(),
             pool: RefCell::new(pool),
             spawner,
+            released: Default::default(),
         }
     }
 }
@@ -75,6 +79,10 @@ impl RamHost {
     /// Runs background tasks (a merge) until none can make progress.
     pub fn run_background(&self) {
         self.pool.borrow_mut().run_until_stalled();
+        let done = std::mem::take(&mut *self.released.borrow_mut());
+        for node in done {
+            self.release_overlays(&node);
+        }
     }
 
     /// Calls a method as a JSON-RPC client would, and runs it to its end.
@@ -151,15 +159,32 @@ impl Host for RamHost {
 
     fn unregister(&self, node: Arc<Replica<TestDisk>>) -> LocalBoxFuture<'static, ()> {
         self.nodes.borrow_mut().retain(|n| !Arc::ptr_eq(n, &node));
-        self.release(node.legs.clone());
+        // Overlays released at done are no longer ours to release.
+        let done = node.secondary().is_some() && node.stage() == crate::engine::Stage::Done;
+        let legs = if done {
+            &node.legs[..1]
+        } else {
+            &node.legs[..]
+        };
+        self.release(legs.to_vec());
         Box::pin(std::future::ready(()))
     }
 
     fn spawn_merge(&self, node: Arc<Replica<TestDisk>>) {
+        let released = self.released.clone();
         // Only fails once the pool is gone, i.e. with the host.
-        let _ = self
-            .spawner
-            .spawn_local(async move { node.run_merge(yield_once).await });
+        let _ = self.spawner.spawn_local(async move {
+            node.run_merge(yield_once).await;
+            if node.stage() == crate::engine::Stage::Done {
+                released.borrow_mut().push(node);
+            }
+        });
+    }
+
+    fn release_overlays(&self, node: &Arc<Replica<TestDisk>>) {
+        if node.secondary().is_some() {
+            self.release(node.legs[1..].to_vec());
+        }
     }
 
     fn sleep(&self, _d: Duration) -> LocalBoxFuture<'static, ()> {

@@ -38,15 +38,18 @@ impl SpdkBuf {
     /// Uninitialised: every engine use fills it (a device read, an explicit zero fill, or a
     /// copy from the guest's iovecs) before anything reads it; zeroing would cost a memset
     /// of a whole cluster per copy-before-write.
-    pub fn alloc(len: usize) -> Self {
+    /// `Err(NoMem)` when DMA memory is exhausted: the request is retried later.
+    pub fn alloc(len: usize) -> Result<Self, IoError> {
         // SAFETY: plain allocation; a null result is checked.
         let ptr = unsafe { s::spdk_dma_malloc(len.max(1), 4096, std::ptr::null_mut()) } as *mut u8;
-        assert!(!ptr.is_null(), "out of DMA memory for {len} bytes");
-        SpdkBuf {
+        if ptr.is_null() {
+            return Err(IoError::NoMem);
+        }
+        Ok(SpdkBuf {
             ptr,
             len,
             _owner: Some(Rc::new(DmaAlloc(ptr))),
-        }
+        })
     }
 
     /// # Safety
@@ -69,6 +72,7 @@ impl IoBuf for SpdkBuf {
         self.len
     }
     fn slice(&self, offset: usize, len: usize) -> Self {
+        // The engine slices only within the buffers it sized (a bug otherwise, not input).
         assert!(offset + len <= self.len);
         SpdkBuf {
             // SAFETY: in bounds, checked above.
@@ -262,8 +266,12 @@ impl BlockDevice for SpdkDev {
     fn num_blocks(&self) -> u64 {
         self.0.num_blocks
     }
-    fn alloc_buf(&self, len: usize) -> SpdkBuf {
+    fn alloc_buf(&self, len: usize) -> Result<SpdkBuf, IoError> {
         SpdkBuf::alloc(len)
+    }
+    fn supports_flush(&self) -> bool {
+        // SAFETY: the bdev outlives the descriptor we hold (or held).
+        unsafe { s::spdk_bdev_io_type_supported(self.0.bdev, s::SPDK_BDEV_IO_TYPE_FLUSH) }
     }
     fn read(&self, lba: u64, buf: SpdkBuf) -> impl Future<Output = Result<(), IoError>> {
         let n = buf.len() as u64 / u64::from(self.0.block_size);

@@ -9,7 +9,8 @@
 use super::dev::SpdkBuf;
 use super::exec;
 use super::json;
-use super::node::{Kind, Node, OurBdev, Role};
+use super::node::{Kind, Node, OurBdev};
+use crate::control::Role;
 use crate::engine::{
     AllocState, BlockDevice, IngressWritePlan, IoError, PrimaryWritePlan, ReadSegment, Source,
     TopWritePlan,
@@ -65,6 +66,17 @@ unsafe fn ctx_of(bdev_io: *mut s::spdk_bdev_io) -> &'static mut IoCtx {
 
 unsafe fn our_bdev(bdev_io: *mut s::spdk_bdev_io) -> &'static OurBdev {
     unsafe { &*((*(*bdev_io).bdev).ctxt as *const OurBdev) }
+}
+
+/// Completes with the engine's outcome: out of buffers is NOMEM, which SPDK's bdev layer
+/// retries on its own.
+unsafe fn complete_with(bdev_io: *mut s::spdk_bdev_io, r: Result<(), IoError>) {
+    let st = match r {
+        Ok(()) => s::SPDK_BDEV_IO_STATUS_SUCCESS,
+        Err(IoError::NoMem) => s::SPDK_BDEV_IO_STATUS_NOMEM,
+        Err(_) => s::SPDK_BDEV_IO_STATUS_FAILED,
+    };
+    unsafe { s::spdk_bdev_io_complete(bdev_io, st) };
 }
 
 unsafe fn complete(bdev_io: *mut s::spdk_bdev_io, ok: bool) {
@@ -126,7 +138,7 @@ unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut s::spdk_json_write
     // SAFETY: ctxt of our bdev.
     let ob = unsafe { &*(ctx as *const OurBdev) };
     let node = unsafe { &*ob.node };
-    let mut v = json::status(node);
+    let mut v = node.status();
     v["role"] = serde_json::Value::from(match ob.kind {
         Kind::Top => "top",
         Kind::Ingress => "ingress",
@@ -142,8 +154,7 @@ unsafe extern "C" fn write_config_json(bdev: *mut s::spdk_bdev, w: *mut s::spdk_
         return; // created by the top's entry
     }
     let node = unsafe { &*ob.node };
-    let v = serde_json::json!({"method": "bdev_replication_create", "params": node.params});
-    unsafe { json::write_value(w, &v) };
+    unsafe { json::write_value(w, &node.config_entry()) };
 }
 
 pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void) -> i32 {
@@ -159,9 +170,10 @@ pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void
     }
     let (remote, poller) = match &node.role {
         Role::Primary(p) => {
-            let timeout_us = p.config().remote_timeout.as_micros() as u64;
+            // remote_timeout_ms is bounded (an hour); u128 keeps the product exact anyway.
+            let timeout_us = p.config().remote_timeout.as_micros();
             // SAFETY: FFI.
-            let hz = unsafe { s::spdk_get_ticks_hz() };
+            let hz = u128::from(unsafe { s::spdk_get_ticks_hz() });
             // SAFETY: the io_device is the node's `Arc` allocation (see `Node::io_device`).
             let node_arc = unsafe {
                 std::sync::Arc::increment_strong_count(io_device as *const Node);
@@ -173,10 +185,12 @@ pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void
                 head: Cell::new(null_mut()),
                 tail: Cell::new(null_mut()),
                 free: RefCell::new(Vec::new()),
-                timeout_ticks: timeout_us * hz / 1_000_000,
+                timeout_ticks: u64::try_from(timeout_us * hz / 1_000_000).unwrap_or(u64::MAX),
                 release_when_idle: Cell::new(false),
             });
-            let period = (timeout_us / 4).clamp(1_000, 100_000);
+            let period = u64::try_from(timeout_us / 4)
+                .unwrap_or(u64::MAX)
+                .clamp(1_000, 100_000);
             // SAFETY: the channel keeps the shared state alive until it unregisters this.
             let poller = unsafe {
                 s::spdk_poller_register(
@@ -226,36 +240,67 @@ pub unsafe extern "C" fn channel_destroy(_io_device: *mut c_void, buf: *mut c_vo
 
 /// The primary's remote leg was hot-removed: release its channels everywhere, then close it.
 pub fn drop_remote_leg(node: std::sync::Arc<Node>) {
-    unsafe extern "C" fn put_remote(i: *mut s::spdk_io_channel_iter) {
+    drop_legs(node, [false, true, false]);
+}
+
+/// A secondary reached `done`: its overlays are no longer used (spec 5.5); release their
+/// channels on every thread, then their claims, so they can be deleted or reused.
+pub fn release_overlays(node: std::sync::Arc<Node>) {
+    if matches!(node.role, Role::Secondary(_)) {
+        drop_legs(node, [false, true, true]);
+    }
+}
+
+/// Puts the channels of the chosen legs on every thread, then releases and closes them on
+/// this thread. Idempotent.
+fn drop_legs(node: std::sync::Arc<Node>, which: [bool; 3]) {
+    struct Ctx {
+        node: std::sync::Arc<Node>,
+        which: [bool; 3],
+    }
+    unsafe extern "C" fn put_legs(i: *mut s::spdk_io_channel_iter) {
         unsafe {
+            let cx = &*(s::spdk_io_channel_iter_get_ctx(i) as *const Ctx);
             let ch = s::spdk_io_channel_iter_get_channel(i);
             let c = &mut *(s::spdk_sys_io_channel_get_ctx(ch) as *mut Channel);
-            let deferred = c
-                .remote
-                .as_ref()
-                .is_some_and(|r| r.release_remote_when_idle());
-            if !c.legs[1].is_null() && !deferred {
-                s::spdk_put_io_channel(c.legs[1]);
+            for (leg, &drop_it) in cx.which.iter().enumerate() {
+                if !drop_it {
+                    continue;
+                }
+                // The primary's remote channel may still carry requests: the last of them
+                // puts it.
+                let deferred = leg == 1
+                    && c.remote
+                        .as_ref()
+                        .is_some_and(|r| r.release_remote_when_idle());
+                if !c.legs[leg].is_null() && !deferred {
+                    s::spdk_put_io_channel(c.legs[leg]);
+                }
+                c.legs[leg] = null_mut();
             }
-            c.legs[1] = null_mut();
             s::spdk_for_each_channel_continue(i, 0);
         }
     }
-    unsafe extern "C" fn close_remote(i: *mut s::spdk_io_channel_iter, _st: i32) {
+    unsafe extern "C" fn close_legs(i: *mut s::spdk_io_channel_iter, _st: i32) {
         unsafe {
-            let node = std::sync::Arc::from_raw(s::spdk_io_channel_iter_get_ctx(i) as *const Node);
-            let leg = &node.legs[1];
-            let desc = leg.take_desc();
-            if !desc.is_null() {
-                s::spdk_bdev_module_release_bdev(leg.0.bdev);
-                s::spdk_bdev_close(desc);
+            let cx = Box::from_raw(s::spdk_io_channel_iter_get_ctx(i) as *mut Ctx);
+            for (leg, &drop_it) in cx.which.iter().enumerate() {
+                let Some(l) = cx.node.legs.get(leg).filter(|_| drop_it) else {
+                    continue;
+                };
+                let desc = l.take_desc();
+                if !desc.is_null() {
+                    s::spdk_bdev_module_release_bdev(l.0.bdev);
+                    s::spdk_bdev_close(desc);
+                    tracing::info!(name = cx.node.name(), bdev = l.name(), "released");
+                }
             }
         }
     }
     let io_device = node.io_device();
-    let ctx = std::sync::Arc::into_raw(node) as *mut c_void;
-    // SAFETY: the context reference is released by close_remote.
-    unsafe { s::spdk_for_each_channel(io_device, Some(put_remote), ctx, Some(close_remote)) };
+    let ctx = Box::into_raw(Box::new(Ctx { node, which })) as *mut c_void;
+    // SAFETY: the context is released by close_legs.
+    unsafe { s::spdk_for_each_channel(io_device, Some(put_legs), ctx, Some(close_legs)) };
 }
 
 // -------------------------------------------------------------------- submission --
@@ -318,7 +363,7 @@ unsafe fn dispatch(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io) {
             (Role::Secondary(_), Kind::Top) => top(node, chan, bdev_io),
             (Role::Secondary(_), Kind::Ingress) => ingress(node, chan, bdev_io),
             (Role::Primary(_), _) => primary(node, chan, bdev_io),
-            (Role::Secondary(_), Kind::Primary) => unreachable!(),
+            (Role::Secondary(_), Kind::Primary) => complete(bdev_io, false),
         }
     }
 }
@@ -407,7 +452,7 @@ unsafe fn secondary_of(
     bdev_io: *mut s::spdk_bdev_io,
 ) -> &'static crate::engine::Secondary<super::dev::SpdkDev> {
     unsafe {
-        match &(*our_bdev(bdev_io).node).role {
+        match &(&*our_bdev(bdev_io).node).role {
             Role::Secondary(sec) => sec,
             Role::Primary(_) => unreachable!(),
         }
@@ -476,7 +521,11 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                         return;
                     }
                 };
-                let seg = segs.next().expect("a read has at least one block");
+                let Some(seg) = segs.next() else {
+                    // A zero-block read: nothing to do.
+                    finish_gated(sec, bdev_io, true);
+                    return;
+                };
                 if segs.next().is_some() {
                     sec.gate().exit();
                     slow(bdev_io);
@@ -599,7 +648,12 @@ unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
             return;
         };
         match op {
-            Child::Read | Child::Flush | Child::Reset => {
+            // The base is shared with the SVM: resetting it for the primary's sake would
+            // abort the SVM's I/O. SPDK's bdev layer has already drained the ingress's own
+            // I/O before it hands us a reset, so there is nothing left to do.
+            Child::Reset => complete(bdev_io, true),
+            Child::Flush if !node.legs[BASE].supports_flush() => complete(bdev_io, true),
+            Child::Read | Child::Flush => {
                 issue_on(node, chan, BASE, op, bdev_io, Some(pass_done), false)
             }
             Child::Write | Child::WriteZeroes | Child::Unmap => {
@@ -683,7 +737,7 @@ async unsafe fn read_into_guest(
             let buf = SpdkBuf::borrowed((v.iov_base as *mut u8).add(skip), len);
             dev.read(lba, buf).await
         } else {
-            let buf = SpdkBuf::alloc(len);
+            let buf = SpdkBuf::alloc(len)?;
             dev.read(lba, buf.clone()).await?;
             copy_iovs(r, skip, &buf, true);
             Ok(())
@@ -692,17 +746,17 @@ async unsafe fn read_into_guest(
 }
 
 /// The request's whole buffer as one engine buffer (bounced when scattered).
-unsafe fn guest_buf(r: &Req, bs: u64, fill_from_iovs: bool) -> (SpdkBuf, bool) {
+unsafe fn guest_buf(r: &Req, bs: u64, fill_from_iovs: bool) -> Result<(SpdkBuf, bool), IoError> {
     unsafe {
         let len = (r.blocks * bs) as usize;
         if r.iovcnt == 1 && (*r.iovs).iov_len >= len {
-            (SpdkBuf::borrowed((*r.iovs).iov_base as *mut u8, len), false)
+            Ok((SpdkBuf::borrowed((*r.iovs).iov_base as *mut u8, len), false))
         } else {
-            let b = SpdkBuf::alloc(len);
+            let b = SpdkBuf::alloc(len)?;
             if fill_from_iovs {
                 copy_iovs(r, 0, &b, false);
             }
-            (b, true)
+            Ok((b, true))
         }
     }
 }
@@ -711,8 +765,8 @@ unsafe fn guest_buf(r: &Req, bs: u64, fill_from_iovs: bool) -> (SpdkBuf, bool) {
 unsafe fn slow(bdev_io: *mut s::spdk_bdev_io) {
     exec::spawn(async move {
         // SAFETY: the bdev (and node) cannot go away while this request is outstanding.
-        let ok = unsafe { run_slow(bdev_io).await }.is_ok();
-        unsafe { complete(bdev_io, ok) };
+        let r = unsafe { run_slow(bdev_io).await };
+        unsafe { complete_with(bdev_io, r) };
     });
 }
 
@@ -728,20 +782,21 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
         let op = child_of(r.ty).ok_or(IoError::Io)?;
         match (ob.kind, op) {
             (Kind::Top, Child::Read) => {
-                let (buf, bounced) = guest_buf(&r, bs, false);
+                let (buf, bounced) = guest_buf(&r, bs, false)?;
                 sec.top_read(r.lba, buf.clone()).await?;
                 if bounced {
                     copy_iovs(&r, 0, &buf, true);
                 }
                 Ok(())
             }
-            (Kind::Top, Child::Write) => sec.top_write(r.lba, guest_buf(&r, bs, true).0).await,
+            (Kind::Top, Child::Write) => sec.top_write(r.lba, guest_buf(&r, bs, true)?.0).await,
             (Kind::Top, Child::WriteZeroes) => sec.top_write_zeroes(r.lba, r.blocks).await,
             (Kind::Top, Child::Unmap) => sec.top_unmap(r.lba, r.blocks).await,
             (Kind::Top, Child::Flush) => sec.top_flush().await,
-            (Kind::Top, Child::Reset) => sec.top_flush().await,
+            // Like the ingress: never reset devices the other side uses.
+            (Kind::Top, Child::Reset) => Ok(()),
             (Kind::Ingress, Child::Write) => {
-                sec.ingress_write(r.lba, guest_buf(&r, bs, true).0).await
+                sec.ingress_write(r.lba, guest_buf(&r, bs, true)?.0).await
             }
             (Kind::Ingress, Child::WriteZeroes) => sec.ingress_write_zeroes(r.lba, r.blocks).await,
             (Kind::Ingress, Child::Unmap) => sec.ingress_unmap(r.lba, r.blocks).await,
@@ -867,8 +922,14 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
             Child::Read | Child::Reset => PrimaryWritePlan::LocalOnly,
             _ => p.plan_write(),
         };
-        let shared = chan.remote.as_ref().expect("primary channel");
+        let Some(shared) = chan.remote.as_ref() else {
+            complete(bdev_io, false);
+            return;
+        };
+        // A flush skips legs without flush support (spec 4).
+        let skip = |leg: usize| matches!(op, Child::Flush) && !node.legs[leg].supports_flush();
         let forward = match plan {
+            PrimaryWritePlan::Both { .. } if skip(1) => None,
             PrimaryWritePlan::Both { link_gen } if !shared.remote_ch.get().is_null() => {
                 Some(link_gen)
             }
@@ -880,15 +941,24 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
         };
         let ctx = ctx_of(bdev_io);
         ctx.failed = false;
-        ctx.pending = 1 + u32::from(forward.is_some());
-        let rc = issue(
-            node.legs[0].desc(),
-            chan.legs[0],
-            op,
-            &r,
-            Some(local_done),
-            bdev_io.cast(),
-        );
+        let local = !skip(0);
+        ctx.pending = u32::from(local) + u32::from(forward.is_some());
+        if ctx.pending == 0 {
+            complete(bdev_io, true);
+            return;
+        }
+        let rc = if !local {
+            0
+        } else {
+            issue(
+                node.legs[0].desc(),
+                chan.legs[0],
+                op,
+                &r,
+                Some(local_done),
+                bdev_io.cast(),
+            )
+        };
         if rc != 0 {
             if rc == -ENOMEM {
                 queue_retry(bdev_io, node.legs[0].0.bdev, chan.legs[0]);

@@ -1,12 +1,12 @@
 //! JSON between SPDK's writer/parser and serde.
 
-use super::node::{Node, Role};
 use serde_json::{Value, json};
 use spdk_sys as s;
 use std::ffi::{CStr, c_void};
 
 pub unsafe fn write_value(w: *mut s::spdk_json_write_ctx, v: &Value) -> i32 {
-    let text = serde_json::to_vec(v).expect("serialisable");
+    // A `Value` always serialises.
+    let text = serde_json::to_vec(v).unwrap_or_default();
     // SAFETY: valid writer; SPDK copies the bytes.
     unsafe { s::spdk_json_write_val_raw(w, text.as_ptr().cast(), text.len()) }
 }
@@ -41,57 +41,4 @@ pub unsafe fn params(p: *const s::spdk_json_val) -> Result<Value, String> {
         s::spdk_json_write_end(w);
     }
     serde_json::from_slice(&out).map_err(|e| format!("params: {e}"))
-}
-
-fn error_of(r: Result<(), crate::engine::ReplicationError>) -> Value {
-    match r {
-        Ok(()) => Value::Null,
-        Err(e) => Value::from(e.to_string()),
-    }
-}
-
-pub fn get_error(node: &Node) -> Value {
-    let (stage, err) = match &node.role {
-        Role::Primary(p) => (p.stage(), p.get_error()),
-        Role::Secondary(sec) => (sec.stage(), sec.get_error()),
-    };
-    json!({"name": node.name(), "stage": stage, "error": error_of(err)})
-}
-
-/// `bdev_replication_get_status` entry, also `driver_specific.replication`.
-pub fn status(node: &Node) -> Value {
-    let p = &node.params;
-    match &node.role {
-        Role::Secondary(sec) => {
-            let (active_blocks, hidden_clusters) = sec.allocated();
-            json!({
-                "name": p.name,
-                "mode": "secondary",
-                "stage": sec.stage(),
-                "error": error_of(sec.get_error()),
-                "cow_granularity": sec.geometry().cow_granularity(),
-                "ingress_name": p.ingress_name,
-                "base_bdev": p.base_bdev,
-                "hidden_bdev": p.hidden_bdev,
-                "active_bdev": p.active_bdev,
-                "counters": sec.counters(),
-                "allocated": {"active_blocks": active_blocks, "hidden_clusters": hidden_clusters},
-                "merge": sec.merge_progress(),
-            })
-        }
-        Role::Primary(pr) => json!({
-            "name": p.name,
-            "mode": "primary",
-            "stage": pr.stage(),
-            "error": error_of(pr.get_error()),
-            "cow_granularity": null,
-            "ingress_name": null,
-            "local_bdev": p.local_bdev,
-            "remote_bdev": p.remote_bdev,
-            "remote_timeout_ms": p.remote_timeout_ms,
-            "link_broken": pr.link_broken(),
-            "counters": pr.counters(),
-            "merge": {"total_bytes": 0, "done_bytes": 0},
-        }),
-    }
 }

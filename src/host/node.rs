@@ -4,21 +4,15 @@
 
 use super::dev::SpdkDev;
 use super::io::{self, Channel, IoCtx};
-use super::rpc::{CreateParams, RpcError};
 use super::{MODULE, exec};
-use crate::engine::{Mode, Primary, PrimaryConfig, ReplicationError, Secondary};
+use crate::control::{EBUSY, Host, Replica, Role, RpcError, errno_name};
+use futures::future::LocalBoxFuture;
 use spdk_sys as s;
 use std::cell::UnsafeCell;
 use std::ffi::{CString, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-#[allow(clippy::large_enum_variant)] // one per node, inside an Arc
-pub enum Role {
-    Primary(Primary<SpdkDev>),
-    Secondary(Secondary<SpdkDev>),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -37,16 +31,26 @@ pub struct OurBdev {
 }
 
 pub struct Node {
-    /// As created, defaults filled in: what status reports and save_config replays.
-    pub params: CreateParams,
-    pub role: Role,
-    /// Claimed base bdevs: base, hidden, active (secondary) or local, remote (primary).
-    pub legs: Vec<SpdkDev>,
+    /// Params, engine and claimed legs, as the control plane sees them.
+    pub replica: Replica<SpdkDev>,
     /// Boxed: SPDK keeps pointers to the `spdk_bdev` inside.
     #[allow(clippy::vec_box)]
     bdevs: Vec<Box<UnsafeCell<OurBdev>>>,
     live: AtomicUsize,
     on_gone: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Replica<SpdkDev>;
+    fn deref(&self) -> &Replica<SpdkDev> {
+        &self.replica
+    }
+}
+
+impl AsRef<Replica<SpdkDev>> for Node {
+    fn as_ref(&self) -> &Replica<SpdkDev> {
+        &self.replica
+    }
 }
 
 // SAFETY: the engine is Sync; `bdevs` is written by SPDK only through the raw pointers it
@@ -61,27 +65,7 @@ pub fn nodes() -> Vec<Arc<Node>> {
     NODES.lock().unwrap().iter().rev().cloned().collect()
 }
 
-pub fn find(name: &str) -> Option<Arc<Node>> {
-    NODES
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|n| n.params.name == name)
-        .cloned()
-}
-
 impl Node {
-    pub fn name(&self) -> &str {
-        &self.params.name
-    }
-
-    pub fn mode(&self) -> Mode {
-        match self.role {
-            Role::Primary(_) => Mode::Primary,
-            Role::Secondary(_) => Mode::Secondary,
-        }
-    }
-
     pub fn io_device(&self) -> *mut c_void {
         self as *const Node as *mut c_void
     }
@@ -96,13 +80,9 @@ impl Node {
     }
 }
 
-fn param_err(param: &str, msg: String) -> RpcError {
-    RpcError::new(-22, format!("{param}: {msg}"))
-}
-
 /// Opens and claims a base bdev for the parameter `param`.
 fn open_leg(param: &str, name: &str) -> Result<SpdkDev, RpcError> {
-    let cname = CString::new(name).map_err(|_| param_err(param, "bad bdev name".into()))?;
+    let cname = CString::new(name).map_err(|_| RpcError::invalid(param, "bad bdev name"))?;
     let mut desc = std::ptr::null_mut();
     // SAFETY: FFI; `desc` is written on success.
     let rc = unsafe {
@@ -117,7 +97,7 @@ fn open_leg(param: &str, name: &str) -> Result<SpdkDev, RpcError> {
     if rc == -1 {
         // SPDK refuses a writable open of a bdev another module claimed.
         return Err(RpcError::new(
-            -16,
+            EBUSY,
             format!("{param}: bdev {name} is already claimed"),
         ));
     }
@@ -155,21 +135,6 @@ fn close_legs(legs: &[SpdkDev]) {
     }
 }
 
-pub fn errno_name(rc: i32) -> &'static str {
-    match -rc {
-        19 => "no such device",
-        17 => "already exists",
-        1 => "operation not permitted",
-        16 => "busy",
-        22 => "invalid argument",
-        _ => "error",
-    }
-}
-
-fn engine_err(e: ReplicationError) -> RpcError {
-    RpcError::new(-22, e.to_string())
-}
-
 fn name_taken(name: &str) -> bool {
     let Ok(c) = CString::new(name) else {
         return false;
@@ -178,67 +143,35 @@ fn name_taken(name: &str) -> bool {
     !unsafe { s::spdk_bdev_get_by_name(c.as_ptr()) }.is_null()
 }
 
-/// `bdev_replication_create`. On any error nothing is left behind.
-pub fn create(p: CreateParams) -> Result<String, RpcError> {
-    let p = p.validated()?;
-    let mut names = vec![p.name.clone()];
-    if let Some(i) = &p.ingress_name {
-        names.push(i.clone());
-    }
-    for n in &names {
-        if name_taken(n) || find(n).is_some() {
-            return Err(RpcError::new(-17, format!("name: bdev {n} already exists")));
-        }
-    }
-    let wanted: Vec<(&str, &str)> = p.leg_params();
-    for (i, (pa, a)) in wanted.iter().enumerate() {
-        if let Some((pb, _)) = wanted[..i].iter().find(|(_, b)| b == a) {
-            return Err(param_err(pa, format!("bdev {a} is already used as {pb}")));
-        }
-        if names.iter().any(|n| n == a) {
-            return Err(param_err(
-                pa,
-                format!("bdev {a} is the replication bdev itself"),
-            ));
-        }
-    }
-    let mut legs = Vec::new();
-    for (param, name) in &wanted {
-        match open_leg(param, name) {
-            Ok(l) => legs.push(l),
-            Err(e) => {
-                close_legs(&legs);
-                return Err(e);
-            }
-        }
-    }
-    let role = match p.mode {
-        Mode::Secondary => Secondary::new(
-            legs[0].clone(),
-            legs[1].clone(),
-            legs[2].clone(),
-            p.cow_granularity.expect("defaulted"),
-        )
-        .map(Role::Secondary),
-        Mode::Primary => Primary::new(
-            legs[0].clone(),
-            legs[1].clone(),
-            PrimaryConfig {
-                remote_timeout: Duration::from_millis(p.remote_timeout_ms.expect("defaulted")),
-            },
-        )
-        .map(Role::Primary),
-    };
-    let role = match role {
-        Ok(r) => r,
-        Err(e) => {
-            close_legs(&legs);
-            return Err(engine_err(e));
-        }
-    };
-    let kinds: &[(Kind, &str)] = match p.mode {
-        Mode::Secondary => &[(Kind::Top, &names[0]), (Kind::Ingress, &names[1])],
-        Mode::Primary => &[(Kind::Primary, &names[0])],
+/// Whether any leg in `legs` has a volatile write cache (SPDK's `write_cache`).
+fn any_write_cache(legs: &[&SpdkDev]) -> bool {
+    // SAFETY: open bdevs.
+    legs.iter()
+        .any(|l| unsafe { s::spdk_bdev_has_write_cache(l.0.bdev) })
+}
+
+/// Registers the bdevs of a replication bdev whose legs are open and claimed. On error
+/// everything is released (or, if the first bdev went live, its teardown releases it).
+fn register(replica: Replica<SpdkDev>) -> Result<Arc<Node>, RpcError> {
+    let p = &replica.params;
+    let names: Vec<String> = p.bdev_names().iter().map(|n| n.to_string()).collect();
+    let legs = &replica.legs;
+    // The top holds the SVM view across all three devices; the ingress writes the base;
+    // the primary writes both legs (spec 4: advertise a cache when any leg has one).
+    let kinds: Vec<(Kind, &str, bool)> = match &replica.role {
+        Role::Secondary(_) => vec![
+            (
+                Kind::Top,
+                &names[0],
+                any_write_cache(&[&legs[0], &legs[1], &legs[2]]),
+            ),
+            (Kind::Ingress, &names[1], any_write_cache(&[&legs[0]])),
+        ],
+        Role::Primary(_) => vec![(
+            Kind::Primary,
+            &names[0],
+            any_write_cache(&[&legs[0], &legs[1]]),
+        )],
     };
     let (block_size, num_blocks) = {
         let l = &legs[0];
@@ -256,26 +189,26 @@ pub fn create(p: CreateParams) -> Result<String, RpcError> {
         .map(|l| unsafe { (*l.0.bdev).required_alignment })
         .max()
         .unwrap_or(0);
-    let bdevs = kinds
-        .iter()
-        .map(|(kind, name)| {
-            Box::new(UnsafeCell::new(OurBdev {
-                bdev: s::spdk_bdev::default(),
-                kind: *kind,
-                node: std::ptr::null(),
-                name: CString::new(*name).expect("checked"),
-            }))
-        })
-        .collect();
+    let mut bdevs = Vec::new();
+    for (kind, name, _) in &kinds {
+        let Ok(name) = CString::new(*name) else {
+            close_legs(legs);
+            return Err(RpcError::invalid("name", "must not contain NUL"));
+        };
+        bdevs.push(Box::new(UnsafeCell::new(OurBdev {
+            bdev: s::spdk_bdev::default(),
+            kind: *kind,
+            node: std::ptr::null(),
+            name,
+        })));
+    }
     let node = Arc::new(Node {
-        params: p,
-        role,
-        legs,
+        replica,
         bdevs,
         live: AtomicUsize::new(0),
         on_gone: Mutex::new(Vec::new()),
     });
-    let io_name = CString::new(format!("replication_{}", node.name())).expect("checked");
+    let io_name = CString::new(format!("replication_{}", node.name())).unwrap_or_default();
     // SAFETY: the node outlives the io_device (unregistered in `teardown`).
     unsafe {
         s::spdk_io_device_register(
@@ -297,7 +230,7 @@ pub fn create(p: CreateParams) -> Result<String, RpcError> {
         b.blocklen = block_size;
         b.blockcnt = num_blocks;
         b.required_alignment = align;
-        b.write_cache = 0;
+        b.write_cache = i32::from(kinds[i].2);
         b.fn_table = &io::FN_TABLE;
         b.module = &raw mut MODULE;
         // SAFETY: fully initialised bdev in stable memory.
@@ -333,8 +266,7 @@ pub fn create(p: CreateParams) -> Result<String, RpcError> {
         node.live.fetch_add(1, Ordering::SeqCst);
     }
     NODES.lock().unwrap().push(node.clone());
-    tracing::info!(name = node.name(), mode = %node.mode(), "replication bdev created");
-    Ok(node.name().to_owned())
+    Ok(node)
 }
 
 /// fn_table.destruct: the last of a node's bdevs gone means the node goes.
@@ -411,16 +343,55 @@ unsafe extern "C" fn base_event(
     }
 }
 
-/// `bdev_replication_delete`: waits for a running merge, then unregisters.
-pub fn delete(node: Arc<Node>, done: Box<dyn FnOnce() + Send>) {
-    exec::spawn(async move {
-        if let Role::Secondary(sec) = &node.role {
-            while sec.is_merging() {
-                exec::sleep(Duration::from_millis(10)).await;
+/// The SPDK host of the control plane: bdevs are SPDK bdevs, tasks run on the calling
+/// SPDK thread.
+pub struct SpdkHost;
+
+impl Host for SpdkHost {
+    type Dev = SpdkDev;
+    type Node = Node;
+
+    fn nodes(&self) -> Vec<Arc<Node>> {
+        nodes()
+    }
+    fn bdev_exists(&self, name: &str) -> bool {
+        name_taken(name)
+    }
+    fn open_claim(&self, param: &'static str, bdev: &str) -> Result<SpdkDev, RpcError> {
+        open_leg(param, bdev)
+    }
+    fn release(&self, legs: Vec<SpdkDev>) {
+        close_legs(&legs);
+    }
+    fn register(&self, replica: Replica<SpdkDev>) -> Result<Arc<Node>, RpcError> {
+        register(replica)
+    }
+    fn unregister(&self, node: Arc<Node>) -> LocalBoxFuture<'static, ()> {
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        let n = node.clone();
+        node.unregister(Box::new(move || {
+            drop(n);
+            let _ = tx.send(());
+        }));
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+    fn spawn_merge(&self, node: Arc<Node>) {
+        exec::spawn(async move {
+            node.run_merge(|| exec::sleep(Duration::from_millis(1)))
+                .await;
+            if node.stage() == crate::engine::Stage::Done {
+                io::release_overlays(node.clone());
             }
-        }
-        node.unregister(done);
-    });
+        });
+    }
+    fn release_overlays(&self, node: &Arc<Node>) {
+        io::release_overlays(node.clone());
+    }
+    fn sleep(&self, d: Duration) -> LocalBoxFuture<'static, ()> {
+        Box::pin(exec::sleep(d))
+    }
 }
 
 pub unsafe extern "C" fn get_ctx_size() -> i32 {
