@@ -43,6 +43,9 @@ pub enum PrimaryWritePlan {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PrimaryCounters {
     pub forwarded: u64,
+    /// Flushes sent to the local and to the remote leg.
+    pub local_flushes: u64,
+    pub remote_flushes: u64,
     pub remote_failures: u64,
     pub remote_timeouts: u64,
 }
@@ -57,6 +60,8 @@ pub struct Primary<D: BlockDevice> {
     link_broken: AtomicBool,
     error: AtomicBool,
     forwarded: AtomicU64,
+    local_flushes: AtomicU64,
+    remote_flushes: AtomicU64,
     remote_failures: AtomicU64,
     remote_timeouts: AtomicU64,
 }
@@ -99,6 +104,8 @@ impl<D: BlockDevice + Clone> Primary<D> {
             link_broken: AtomicBool::new(false),
             error: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
+            local_flushes: AtomicU64::new(0),
+            remote_flushes: AtomicU64::new(0),
             remote_failures: AtomicU64::new(0),
             remote_timeouts: AtomicU64::new(0),
         })
@@ -123,6 +130,8 @@ impl<D: BlockDevice + Clone> Primary<D> {
     pub fn counters(&self) -> PrimaryCounters {
         PrimaryCounters {
             forwarded: self.forwarded.load(Relaxed),
+            local_flushes: self.local_flushes.load(Relaxed),
+            remote_flushes: self.remote_flushes.load(Relaxed),
             remote_failures: self.remote_failures.load(Relaxed),
             remote_timeouts: self.remote_timeouts.load(Relaxed),
         }
@@ -143,6 +152,16 @@ impl<D: BlockDevice + Clone> Primary<D> {
     /// For hosts that forward on their own fast path (the driver counts its own).
     pub fn count_forwarded(&self) {
         self.forwarded.fetch_add(1, Relaxed);
+    }
+
+    /// For hosts that send flushes on their own fast path.
+    pub fn count_flush(&self, local: bool, remote: bool) {
+        if local {
+            self.local_flushes.fetch_add(1, Relaxed);
+        }
+        if remote {
+            self.remote_flushes.fetch_add(1, Relaxed);
+        }
     }
 
     /// Records a failed (or timed-out) remote request and stops forwarding.
@@ -254,7 +273,15 @@ impl<D: BlockDevice + Clone> Primary<D> {
         op: Option<WriteOp<D::Buf>>,
     ) -> Result<(), IoError> {
         let local = issue(self.local.clone(), lba, op.clone());
-        let PrimaryWritePlan::Both { link_gen } = self.plan_write() else {
+        let plan = self.plan_write();
+        if op.is_none() {
+            let both = matches!(plan, PrimaryWritePlan::Both { .. });
+            self.count_flush(
+                self.local.supports_flush(),
+                both && self.remote.supports_flush(),
+            );
+        }
+        let PrimaryWritePlan::Both { link_gen } = plan else {
             return local.await;
         };
         self.count_forwarded();

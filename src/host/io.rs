@@ -654,6 +654,9 @@ unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
             Child::Reset => complete(bdev_io, true),
             Child::Flush if !node.legs[BASE].supports_flush() => complete(bdev_io, true),
             Child::Read | Child::Flush => {
+                if matches!(op, Child::Flush) {
+                    sec.count_base_flush();
+                }
                 issue_on(node, chan, BASE, op, bdev_io, Some(pass_done), false)
             }
             Child::Write | Child::WriteZeroes | Child::Unmap => {
@@ -942,6 +945,9 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
         let ctx = ctx_of(bdev_io);
         ctx.failed = false;
         let local = !skip(0);
+        if matches!(op, Child::Flush) {
+            p.count_flush(local, forward.is_some());
+        }
         ctx.pending = u32::from(local) + u32::from(forward.is_some());
         if ctx.pending == 0 {
             complete(bdev_io, true);

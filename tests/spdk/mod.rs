@@ -333,7 +333,9 @@ pub fn pair(env: &Env, remote_timeout_ms: Option<u64>) -> Pair {
 }
 
 fn initiator_config(env: &Env, exp: &Export, tag: &str) -> PathBuf {
+    // enable_flush: SPDK's NVMe bdev otherwise completes every flush locally.
     let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_set_options", "params": {"enable_flush": true}},
         {"method": "bdev_nvme_attach_controller", "params": {
             "name": "t", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
             "trsvcid": exp.port.to_string(), "subnqn": exp.nqn}}

@@ -2,7 +2,7 @@
 //! (active wins over hidden), one cluster at a time under its cluster lock, while the SVM
 //! keeps running; then the top switches to the base.
 
-use super::{Secondary, flush_all};
+use super::Secondary;
 use crate::engine::alloc_map::AllocState;
 use crate::engine::device::{BlockDevice, IoBuf, IoError};
 use crate::engine::{MergeStep, ReplicationError, Stage};
@@ -126,7 +126,7 @@ impl<D: BlockDevice> Secondary<D> {
             self.merge_cursor.store(c, SeqCst);
             return Ok(MergeStep::Progress);
         }
-        if let Err(e) = flush_all(&[&self.base]).await {
+        if let Err(e) = self.flush_base().await {
             tracing::error!(error = %e, "failover: flushing the base failed");
             self.fail_merge();
             return Err(ReplicationError::Io);

@@ -63,6 +63,7 @@ struct Counters {
     merged_clusters: AtomicU64,
     merge_failures: AtomicU64,
     read_revalidations: AtomicU64,
+    base_flushes: AtomicU64,
 }
 
 /// Slow-path counters (the hot path keeps its own per channel in the host).
@@ -76,6 +77,8 @@ pub struct SecondaryCounters {
     pub merged_clusters: u64,
     pub merge_failures: u64,
     pub read_revalidations: u64,
+    /// Flushes sent to the base (from top, ingress and the end of a merge).
+    pub base_flushes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -209,6 +212,7 @@ impl<D: BlockDevice> Secondary<D> {
             merged_clusters: c.merged_clusters.load(Relaxed),
             merge_failures: c.merge_failures.load(Relaxed),
             read_revalidations: c.read_revalidations.load(Relaxed),
+            base_flushes: c.base_flushes.load(Relaxed),
         }
     }
 
@@ -422,9 +426,10 @@ impl<D: BlockDevice> Secondary<D> {
             Stage::None => Err(IoError::Io),
             // The SVM view spans all three devices until the merge has completed.
             Stage::Running | Stage::Failover | Stage::FailoverFailed => {
-                flush_all(&[&self.active, &self.hidden, &self.base]).await
+                flush_all(&[&self.active, &self.hidden]).await?;
+                self.flush_base().await
             }
-            Stage::Done => flush_all(&[&self.base]).await,
+            Stage::Done => self.flush_base().await,
         }
     }
 
@@ -513,7 +518,19 @@ impl<D: BlockDevice> Secondary<D> {
     }
 
     pub async fn ingress_flush(&self) -> Result<(), IoError> {
+        self.flush_base().await
+    }
+
+    pub(crate) async fn flush_base(&self) -> Result<(), IoError> {
+        if self.base.supports_flush() {
+            self.count_base_flush();
+        }
         flush_all(&[&self.base]).await
+    }
+
+    /// For hosts that flush the base on their own fast path.
+    pub fn count_base_flush(&self) {
+        self.counters.base_flushes.fetch_add(1, Relaxed);
     }
 
     async fn ingress_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
