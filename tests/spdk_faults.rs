@@ -1,5 +1,6 @@
 //! The primary never stalls on its remote leg: a secondary that dies, or freezes, under
-//! the primary's write load.
+//! the primary's write load. And fault-matrix rows (docs/fault-matrix.md) through SPDK's
+//! error bdev.
 
 mod spdk;
 
@@ -134,4 +135,106 @@ fn timed_out_remote_requests_outlive_a_deleted_primary() {
         "{}",
         p.pri.log_text()
     );
+}
+
+/// Fault-matrix rows "base write fails in failover" and "delete in failover_failed" on a
+/// real secondary: the base is an SPDK error bdev that fails every write during the merge.
+#[test]
+fn merge_failure_through_the_error_bdev_then_retry() {
+    let Some(env) = env("merge_failure_through_the_error_bdev_then_retry") else {
+        return;
+    };
+    let port = ports();
+    let mut cfg = config(&env, "secondary.json", &[(4420, port), (4421, port + 1)]);
+    for sub in cfg["subsystems"].as_array_mut().unwrap() {
+        let Some(entries) = sub["config"].as_array_mut() else {
+            continue;
+        };
+        if let Some(i) = entries
+            .iter()
+            .position(|e| e["params"]["name"] == "svm0_base")
+        {
+            entries.insert(
+                i + 1,
+                json!({"method": "bdev_error_create", "params": {"base_name": "svm0_base"}}),
+            );
+        }
+        for e in entries.iter_mut() {
+            if e["method"] == "bdev_replication_create" {
+                e["params"]["base_bdev"] = json!("EE_svm0_base");
+            }
+        }
+    }
+    let sec = App::start(&env, "secondary-ee", &cfg, 0);
+    let ingress = Export {
+        port,
+        nqn: "nqn.2016-06.io.spdk:svm0-ingress".into(),
+    };
+    let top = Export {
+        port: port + 1,
+        nqn: "nqn.2016-06.io.spdk:svm0".into(),
+    };
+    sec.ok("bdev_replication_start", json!({}));
+    let mib = 1u64 << 20;
+    dd_write(&env, &top, 0, &fill(mib, 0x33)).unwrap();
+    dd_write(&env, &ingress, mib / BS, &fill(mib, 0x22)).unwrap();
+    let inject = |io_type: &str| {
+        sec.ok(
+            "bdev_error_inject_error",
+            json!({"name": "EE_svm0_base", "io_type": io_type, "error_type": "failure", "num": 1_000_000}),
+        )
+    };
+    inject("write");
+    sec.ok("bdev_replication_stop", json!({"failover": true}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sec.status("svm0")["stage"] != "failover_failed" {
+        assert!(Instant::now() < deadline, "{}", sec.status("svm0"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        sec.ok("bdev_replication_get_error", json!({"name": "svm0"})),
+        json!([{"name": "svm0", "stage": "failover_failed", "error": "I/O error occurred"}])
+    );
+    // The SVM's view is intact (its data is still in the overlays); the primary's
+    // post-checkpoint write is rolled back; the ingress refuses writes.
+    let view = [(mib, 0x33), (mib, 0x00)];
+    assert_runs(
+        &dd_read(&env, &top, 0, 2 * mib / BS).unwrap(),
+        &view,
+        "SVM view",
+    );
+    assert!(dd_write(&env, &ingress, 0, &fill(4096, 0x77)).is_err());
+    // Deleting would drop that data: refused without force, nothing released.
+    let err = sec
+        .rpc("bdev_replication_delete", json!({"name": "svm0"}))
+        .unwrap_err();
+    assert_eq!(err.0, -1, "{err:?}");
+    assert!(
+        err.1.starts_with("svm0: Block replication failover failed") && err.1.contains("force"),
+        "{err:?}"
+    );
+    assert_eq!(sec.status("svm0")["stage"], "failover_failed");
+    // The fault goes away; stop --failover again merges everything.
+    sec.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_svm0_base", "io_type": "clear", "error_type": "failure"}),
+    );
+    let out = sec.replctl(&env, &["stop", "svm0", "--failover", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = sec.status("svm0");
+    assert_eq!(
+        (st["stage"].as_str(), &st["error"]),
+        (Some("done"), &json!(null)),
+        "{st}"
+    );
+    assert_runs(
+        &dd_read(&env, &ingress, 0, 2 * mib / BS).unwrap(),
+        &view,
+        "base after the retried merge",
+    );
+    sec.ok("bdev_replication_delete", json!({"name": "svm0"}));
 }

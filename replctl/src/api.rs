@@ -127,6 +127,9 @@ pub enum CreateRole {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeleteParams {
     pub name: String,
+    /// Needed in `failover_failed`: deleting then drops SVM data the base lacks.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// Params of the calls that take only an optional bdev name

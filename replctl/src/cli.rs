@@ -39,6 +39,9 @@ pub enum Command {
     Delete {
         /// Replication bdev name
         name: String,
+        /// Delete even in failover_failed, dropping the unmerged SVM data
+        #[arg(long)]
+        force: bool,
     },
     /// Start replication (all bdevs if NAME is omitted)
     Start {
@@ -142,9 +145,13 @@ impl Command {
     pub fn request(&self) -> Result<Request, UsageError> {
         Ok(match self {
             Command::Create(args) => Request::new(api::CREATE, &args.params()?),
-            Command::Delete { name } => {
-                Request::new(api::DELETE, &DeleteParams { name: name.clone() })
-            }
+            Command::Delete { name, force } => Request::new(
+                api::DELETE,
+                &DeleteParams {
+                    name: name.clone(),
+                    force: *force,
+                },
+            ),
             Command::Start { name, mode } => Request::new(
                 api::START,
                 &StartParams {
@@ -429,6 +436,11 @@ mod tests {
             &["delete", "r0"],
             "bdev_replication_delete",
             Some(json!({"name": "r0"})),
+        );
+        expect(
+            &["delete", "r0", "--force"],
+            "bdev_replication_delete",
+            Some(json!({"name": "r0", "force": true})),
         );
         expect(&["start"], "bdev_replication_start", None);
         expect(

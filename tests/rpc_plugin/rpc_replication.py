@@ -39,10 +39,15 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.set_defaults(func=create)
 
     def delete(args):
-        _print(args.client.call("bdev_replication_delete", {"name": args.name}))
+        params = {"name": args.name}
+        if args.force:
+            params["force"] = True
+        _print(args.client.call("bdev_replication_delete", params))
 
     p = subparsers.add_parser("bdev_replication_delete", help="Delete a replication bdev")
     p.add_argument("-b", "--name", required=True)
+    p.add_argument("-f", "--force", action="store_true",
+                   help="delete even in failover_failed (drops unmerged SVM data)")
     p.set_defaults(func=delete)
 
     def start(args):
