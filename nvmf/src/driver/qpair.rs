@@ -1,0 +1,288 @@
+//! One initiator connection on a socket: a reader thread feeds the [`HostQueue`] and wakes
+//! the futures of completed commands; a writer thread sends, so a submitter never blocks
+//! on the socket and the reader never waits for a writer.
+
+use super::Error;
+use crate::host::{HostEvent, HostQueue, HostQueueConfig};
+use crate::nvme::cmd::{Cqe, Sqe};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+type CmdResult = Result<(Cqe, Vec<u8>), Error>;
+
+#[derive(Default)]
+struct Slot {
+    result: Option<CmdResult>,
+    waker: Option<Waker>,
+    /// The future was dropped: discard the result when it comes.
+    abandoned: bool,
+}
+
+struct Inner {
+    q: HostQueue,
+    slots: HashMap<u16, Slot>,
+    /// Futures waiting for ICResp or for a free queue slot.
+    waiting: Vec<Waker>,
+    failed: Option<String>,
+}
+
+pub(crate) struct QPair {
+    inner: Mutex<Inner>,
+    tx: Sender<Vec<u8>>,
+    stream: TcpStream,
+}
+
+impl QPair {
+    pub(crate) fn connect(
+        addr: SocketAddr,
+        cfg: HostQueueConfig,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, Error> {
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| Error::Io(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let mut q = HostQueue::new(cfg);
+        let first = q.poll_transmit().unwrap_or_default();
+        let qp = Arc::new(Self {
+            inner: Mutex::new(Inner {
+                q,
+                slots: HashMap::new(),
+                waiting: Vec::new(),
+                failed: None,
+            }),
+            tx,
+            stream: stream.try_clone().map_err(|e| Error::Io(e.to_string()))?,
+        });
+        let mut w = stream.try_clone().map_err(|e| Error::Io(e.to_string()))?;
+        std::thread::Builder::new()
+            .name("nvmf-host-tx".into())
+            .spawn(move || {
+                if w.write_all(&first).is_err() {
+                    let _ = w.shutdown(Shutdown::Both);
+                    return;
+                }
+                while let Ok(b) = rx.recv() {
+                    if w.write_all(&b).is_err() {
+                        let _ = w.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let weak = Arc::downgrade(&qp);
+        let mut r = stream;
+        std::thread::Builder::new()
+            .name("nvmf-host-rx".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match r.read(&mut buf) {
+                        Ok(0) | Err(_) => 0,
+                        Ok(n) => n,
+                    };
+                    let Some(qp) = weak.upgrade() else { return };
+                    if n == 0 {
+                        qp.fail("connection closed");
+                        return;
+                    }
+                    if qp.input(buf.get(..n).unwrap_or(&[])) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io(e.to_string()))?;
+        Ok(qp)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends what the queue produced; called with the lock held so PDUs keep their order.
+    fn flush(&self, inner: &mut Inner) {
+        if let Some(b) = inner.q.poll_transmit() {
+            let _ = self.tx.send(b);
+        }
+    }
+
+    /// Handles received bytes; returns true when the queue has failed.
+    fn input(&self, data: &[u8]) -> bool {
+        let mut wake = Vec::new();
+        let failed = {
+            let mut g = self.lock();
+            g.q.handle_input(data);
+            self.flush(&mut g);
+            Self::drain_events(&mut g, &mut wake);
+            g.failed.is_some()
+        };
+        for w in wake {
+            w.wake();
+        }
+        failed
+    }
+
+    fn drain_events(g: &mut Inner, wake: &mut Vec<Waker>) {
+        while let Some(ev) = g.q.poll_event() {
+            match ev {
+                HostEvent::Ready => wake.append(&mut g.waiting),
+                HostEvent::Completion { cid, cqe, data } => {
+                    if g.slots.get(&cid).is_some_and(|s| s.abandoned) {
+                        g.slots.remove(&cid);
+                    } else if let Some(slot) = g.slots.get_mut(&cid) {
+                        slot.result = Some(Ok((cqe, data)));
+                        wake.extend(slot.waker.take());
+                    }
+                    // A slot freed: let one waiting submitter in (all, to keep it simple).
+                    wake.append(&mut g.waiting);
+                }
+                HostEvent::Failed(reason) => {
+                    g.failed = Some(reason.clone());
+                    for slot in g.slots.values_mut() {
+                        if slot.result.is_none() {
+                            slot.result = Some(Err(Error::Transport(reason.clone())));
+                            wake.extend(slot.waker.take());
+                        }
+                    }
+                    wake.append(&mut g.waiting);
+                }
+            }
+        }
+    }
+
+    /// Fails the queue (socket gone, keep alive lost, controller torn down).
+    pub(crate) fn fail(&self, reason: &str) {
+        let mut wake = Vec::new();
+        {
+            let mut g = self.lock();
+            g.q.fail(reason);
+            self.flush(&mut g);
+            Self::drain_events(&mut g, &mut wake);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        for w in wake {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+
+    pub(crate) fn set_in_capsule_limit(&self, n: usize) {
+        self.lock().q.set_in_capsule_limit(n);
+    }
+
+    /// Waits for the ICResp.
+    pub(crate) fn ready(self: &Arc<Self>) -> impl Future<Output = Result<(), Error>> + use<> {
+        let qp = self.clone();
+        std::future::poll_fn(move |cx| {
+            let mut g = qp.lock();
+            if let Some(r) = &g.failed {
+                return Poll::Ready(Err(Error::Transport(r.clone())));
+            }
+            if g.q.is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            g.waiting.push(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    /// Runs one command: submits it (waiting for a free slot) and waits for its completion.
+    pub(crate) fn exec(self: &Arc<Self>, sqe: Sqe, write: Bytes, read_len: usize) -> Exec {
+        Exec {
+            qp: self.clone(),
+            sqe,
+            write,
+            read_len,
+            cid: None,
+        }
+    }
+}
+
+impl Drop for QPair {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// The future of [`QPair::exec`].
+pub(crate) struct Exec {
+    qp: Arc<QPair>,
+    sqe: Sqe,
+    write: Bytes,
+    read_len: usize,
+    cid: Option<u16>,
+}
+
+impl Future for Exec {
+    type Output = CmdResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CmdResult> {
+        let this = self.get_mut();
+        let qp = this.qp.clone();
+        let mut g = qp.lock();
+        if let Some(cid) = this.cid {
+            let Some(slot) = g.slots.get_mut(&cid) else {
+                return Poll::Ready(Err(Error::Transport("command lost".into())));
+            };
+            if let Some(r) = slot.result.take() {
+                g.slots.remove(&cid);
+                this.cid = None;
+                return Poll::Ready(r);
+            }
+            slot.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if let Some(r) = &g.failed {
+            return Poll::Ready(Err(Error::Transport(r.clone())));
+        }
+        if !g.q.is_ready() || !g.q.has_room() {
+            g.waiting.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        match g.q.submit(this.sqe, this.write.clone(), this.read_len) {
+            Ok(cid) => {
+                this.cid = Some(cid);
+                g.slots.insert(
+                    cid,
+                    Slot {
+                        result: None,
+                        waker: Some(cx.waker().clone()),
+                        abandoned: false,
+                    },
+                );
+                qp.flush(&mut g);
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(Error::Transport(e.to_string()))),
+        }
+    }
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        // An abandoned command keeps its queue slot until the controller answers; only
+        // the result is thrown away.
+        if let Some(cid) = self.cid {
+            let mut g = self.qp.lock();
+            if let Some(slot) = g.slots.get_mut(&cid) {
+                if slot.result.is_some() {
+                    g.slots.remove(&cid);
+                } else {
+                    slot.waker = None;
+                    slot.abandoned = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! One host connection (one queue) on the target, sans-I/O: the driver feeds received
+//! bytes, timer ticks and backend completions; it collects bytes to send and I/O requests.
+//! A protocol violation queues a C2HTermReq and closes the connection; nothing here
+//! panics on network input and every buffer is bounded by the negotiated limits.
+
+use super::backend::{IoRequest, IoResult, NsError};
+use super::subsystem::{CtrlHandle, Target};
+use crate::nvme::cmd::{Cqe, Sqe, Status, admin, sgl};
+use crate::nvme::fabrics::{self, fctype};
+use crate::pdu::{self, DecodeError, Decoder, DecoderCfg, Fes, IcResp, Pdu, WireCfg};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// How often a connection re-checks its controller (alive, not reset).
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// A host that connects but never completes Connect is dropped after this long.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitIcReq,
+    Running,
+    Closed,
+}
+
+pub(crate) struct QueueCtx {
+    pub qid: u16,
+    pub ctrl: Arc<CtrlHandle>,
+    pub generation: u64,
+    /// Queue size (sqsize + 1).
+    pub qsize: u16,
+    pub sqhd: u16,
+    pub sq_flow_disabled: bool,
+}
+
+pub(crate) enum Cmd {
+    /// Waiting for H2CData after our R2T.
+    AwaitData {
+        sqe: Sqe,
+        buf: Vec<u8>,
+        received: usize,
+        ttag: u16,
+    },
+    /// Handed to the backend; `read_len` bytes come back for reads.
+    Running { read_len: usize },
+    /// An Asynchronous Event Request, held until an event (or the end of the association).
+    HeldAer,
+}
+
+/// What a command's execution produced.
+pub(crate) enum Outcome {
+    Done {
+        status: Status,
+        dw0: u32,
+        dw1: u32,
+        data: Vec<u8>,
+    },
+    /// The command now waits (an AER, or I/O on the backend).
+    Pending,
+}
+
+impl Outcome {
+    pub fn status(s: Status) -> Self {
+        Outcome::Done {
+            status: s,
+            dw0: 0,
+            dw1: 0,
+            data: Vec::new(),
+        }
+    }
+    pub fn ok_dw0(dw0: u32) -> Self {
+        Outcome::Done {
+            status: Status::SUCCESS,
+            dw0,
+            dw1: 0,
+            data: Vec::new(),
+        }
+    }
+    pub fn data(data: Vec<u8>) -> Self {
+        Outcome::Done {
+            status: Status::SUCCESS,
+            dw0: 0,
+            dw1: 0,
+            data,
+        }
+    }
+}
+
+pub struct TargetConn {
+    pub(crate) target: Arc<Target>,
+    state: State,
+    dec: Decoder,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    pub(crate) wire: WireCfg,
+    pub(crate) q: Option<QueueCtx>,
+    pub(crate) cmds: HashMap<u16, Cmd>,
+    pub(crate) ios: VecDeque<IoRequest>,
+    pub(crate) tags: HashMap<u64, u16>,
+    pub(crate) next_tag: u64,
+    next_ttag: u16,
+    pub(crate) now: Instant,
+    created: Instant,
+    last_check: Instant,
+    close_reason: Option<String>,
+    /// Set by a Disconnect command: close once the response is out.
+    close_after_flush: bool,
+}
+
+impl TargetConn {
+    pub fn new(target: Arc<Target>, now: Instant) -> Self {
+        let cfg = &target.cfg;
+        let icd = cfg.in_capsule_data.max(cfg.admin_in_capsule_data) as usize;
+        let dec = Decoder::new(DecoderCfg::controller(icd, cfg.maxh2cdata as usize));
+        Self {
+            target,
+            state: State::AwaitIcReq,
+            dec,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            wire: WireCfg::default(),
+            q: None,
+            cmds: HashMap::new(),
+            ios: VecDeque::new(),
+            tags: HashMap::new(),
+            next_tag: 1,
+            next_ttag: 0,
+            now,
+            created: now,
+            last_check: now,
+            close_reason: None,
+            close_after_flush: false,
+        }
+    }
+
+    /// Feeds received bytes.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        self.now = now;
+        if self.state == State::Closed {
+            return;
+        }
+        self.rx.extend_from_slice(data);
+        let mut off = 0;
+        while self.state != State::Closed {
+            let rest = self.rx.get(off..).unwrap_or(&[]);
+            match self.dec.decode(rest) {
+                Ok(Some((pdu, n))) => {
+                    off += n;
+                    self.handle_pdu(pdu);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.fatal(e);
+                    break;
+                }
+            }
+        }
+        if self.state == State::Closed {
+            self.rx = Vec::new();
+        } else {
+            self.rx.drain(..off.min(self.rx.len()));
+        }
+    }
+
+    /// Bytes to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.tx.is_empty() {
+            if self.close_after_flush {
+                self.close("host disconnected");
+            }
+            return None;
+        }
+        Some(std::mem::take(&mut self.tx))
+    }
+
+    /// The next I/O request for the driver to hand to its backend.
+    pub fn poll_io(&mut self) -> Option<IoRequest> {
+        self.ios.pop_front()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub fn close_reason(&self) -> Option<&str> {
+        self.close_reason.as_deref()
+    }
+
+    /// The queue this connection serves, once connected.
+    pub fn qid(&self) -> Option<u16> {
+        self.q.as_ref().map(|q| q.qid)
+    }
+
+    /// When to call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut t = self.last_check + CHECK_INTERVAL;
+        match &self.q {
+            None => t = t.min(self.created + CONNECT_DEADLINE),
+            Some(q) if q.qid == 0 => {
+                let st = q.ctrl.lock();
+                if st.kato_ms != 0 {
+                    t = t.min(st.last_keepalive + Duration::from_millis(u64::from(st.kato_ms)));
+                }
+            }
+            Some(_) => {}
+        }
+        Some(t)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.state == State::Closed {
+            return;
+        }
+        self.last_check = now;
+        let Some(q) = &self.q else {
+            if now >= self.created + CONNECT_DEADLINE {
+                self.close("no Connect in time");
+            }
+            return;
+        };
+        let ctrl = q.ctrl.clone();
+        if q.qid == 0 {
+            let expired = {
+                let mut st = ctrl.lock();
+                let kato = Duration::from_millis(u64::from(st.kato_ms));
+                let expired = st.kato_ms != 0 && now >= st.last_keepalive + kato;
+                if expired {
+                    st.csts |= fabrics::csts::CFS;
+                }
+                expired
+            };
+            if expired {
+                warn!(cntlid = ctrl.cntlid, "keep alive timeout: controller ends");
+                self.end_controller();
+                self.close("keep alive timeout");
+                return;
+            }
+        }
+        if !ctrl.is_alive() {
+            self.close("controller ended");
+        } else if q.qid != 0 && ctrl.generation.load(Ordering::Acquire) != q.generation {
+            self.close("controller reset");
+        }
+    }
+
+    /// Delivers a backend completion.
+    pub fn complete_io(&mut self, tag: u64, res: IoResult) {
+        let Some(cid) = self.tags.remove(&tag) else {
+            return;
+        };
+        let Some(Cmd::Running { read_len }) = self.cmds.remove(&cid) else {
+            return;
+        };
+        if self.state == State::Closed {
+            return;
+        }
+        match res {
+            Ok(data) if read_len > 0 => {
+                if data.len() != read_len {
+                    self.respond(cid, Status::INTERNAL_ERROR, 0, 0);
+                } else {
+                    self.respond_data(cid, &data, 0);
+                }
+            }
+            Ok(_) => self.respond(cid, Status::SUCCESS, 0, 0),
+            Err(e) => {
+                let s = match e {
+                    NsError::Io if read_len > 0 => Status::UNRECOVERED_READ_ERROR,
+                    NsError::Io => Status::WRITE_FAULT,
+                    NsError::OutOfRange => Status::LBA_OUT_OF_RANGE,
+                    NsError::NotReady => Status::NAMESPACE_NOT_READY,
+                    NsError::NoSpace => Status::CAPACITY_EXCEEDED,
+                    NsError::Internal => Status::INTERNAL_ERROR,
+                };
+                self.respond(cid, s, 0, 0);
+            }
+        }
+    }
+
+    pub(crate) fn close(&mut self, reason: &str) {
+        if self.state != State::Closed {
+            debug!(reason, qid = ?self.qid(), "target connection closes");
+            self.state = State::Closed;
+            self.close_reason = Some(reason.to_string());
+            self.ios.clear();
+        }
+    }
+
+    fn fatal(&mut self, e: DecodeError) {
+        warn!(fes = ?e.fes, fei = e.fei, reason = e.reason, "terminating connection");
+        self.term(e.fes, e.fei, &e.header.clone(), e.reason);
+    }
+
+    pub(crate) fn term(&mut self, fes: Fes, fei: u32, header: &[u8], reason: &str) {
+        pdu::encode_term_req(&mut self.tx, false, fes, fei, header);
+        self.close(reason);
+    }
+
+    fn handle_pdu(&mut self, p: Pdu) {
+        match p {
+            Pdu::IcReq(r) => {
+                let cfg = &self.target.cfg;
+                pdu::encode_ic_resp(
+                    &mut self.tx,
+                    &IcResp {
+                        pfv: 0,
+                        cpda: 0,
+                        hdgst: r.hdgst,
+                        ddgst: r.ddgst,
+                        maxh2cdata: cfg.maxh2cdata,
+                    },
+                );
+                self.wire = WireCfg {
+                    hdgst: r.hdgst,
+                    ddgst: r.ddgst,
+                    pda: r.hpda,
+                };
+                self.dec.cfg.ic_done = true;
+                self.dec.cfg.hdgst = r.hdgst;
+                self.dec.cfg.ddgst = r.ddgst;
+                self.state = State::Running;
+            }
+            Pdu::H2CTermReq(t) => {
+                warn!(fes = t.fes, fei = t.fei, "host terminated the connection");
+                self.close("host sent H2CTermReq");
+            }
+            Pdu::CapsuleCmd(c) => self.on_capsule(Sqe::parse(&c.sqe), c.data),
+            Pdu::H2CData(d) => self.on_h2c_data(d),
+            // The decoder only lets host PDUs through.
+            _ => self.close("unexpected PDU"),
+        }
+    }
+
+    /// Whether the command moves data host to controller (opcode bits 1:0 = 01b; for
+    /// Fabrics, only Connect does).
+    fn is_h2c(sqe: &Sqe) -> bool {
+        if sqe.opcode == admin::FABRICS {
+            sqe.fctype() == fctype::CONNECT
+        } else {
+            sqe.opcode & 3 == 1
+        }
+    }
+
+    fn on_capsule(&mut self, sqe: Sqe, data: Vec<u8>) {
+        if let Some(q) = &mut self.q {
+            q.sqhd = (q.sqhd + 1) % q.qsize.max(1);
+            // Bounded work per connection: a host may not exceed its queue size (AERs ride
+            // on the admin queue on top of it).
+            if self.cmds.len() > usize::from(q.qsize) + 8 {
+                let hdr = sqe.encode();
+                self.term(Fes::PduSequenceError, 0, &hdr[..8], "queue overflow");
+                return;
+            }
+        } else if !self.cmds.is_empty() {
+            self.term(
+                Fes::PduSequenceError,
+                0,
+                &[],
+                "command before Connect completed",
+            );
+            return;
+        }
+        if self.cmds.contains_key(&sqe.cid) {
+            self.send_resp(sqe.cid, Status::CID_CONFLICT, 0, 0);
+            return;
+        }
+        let dptr = sqe.dptr;
+        if Self::is_h2c(&sqe) && dptr.len > 0 {
+            match dptr.id {
+                sgl::DATA_BLOCK_OFFSET => {
+                    if data.len() > dptr.len as usize {
+                        self.term(
+                            Fes::DataOutOfRange,
+                            0,
+                            &[],
+                            "in-capsule data beyond the command",
+                        );
+                    } else if dptr.addr != 0 {
+                        self.send_resp(sqe.cid, Status::INVALID_SGL_OFFSET, 0, 0);
+                    } else if data.len() < dptr.len as usize {
+                        self.send_resp(sqe.cid, Status::SGL_LENGTH_INVALID, 0, 0);
+                    } else {
+                        self.execute(sqe, data);
+                    }
+                }
+                sgl::TRANSPORT_DATA_BLOCK => {
+                    if !data.is_empty() {
+                        self.term(
+                            Fes::DataOutOfRange,
+                            0,
+                            &[],
+                            "in-capsule data with a transport SGL",
+                        );
+                    } else if dptr.len > self.target.cfg.max_io_size {
+                        self.send_resp(sqe.cid, Status::SGL_LENGTH_INVALID, 0, 0);
+                    } else {
+                        self.request_data(sqe);
+                    }
+                }
+                _ => self.send_resp(sqe.cid, Status::SGL_TYPE_INVALID, 0, 0),
+            }
+            return;
+        }
+        if !data.is_empty() {
+            self.term(
+                Fes::DataOutOfRange,
+                0,
+                &[],
+                "in-capsule data for a command without host data",
+            );
+            return;
+        }
+        if dptr.len > 0 && dptr.id != sgl::TRANSPORT_DATA_BLOCK {
+            self.send_resp(sqe.cid, Status::SGL_TYPE_INVALID, 0, 0);
+            return;
+        }
+        self.execute(sqe, Vec::new());
+    }
+
+    /// Asks for the whole transfer with one R2T (the host splits it by MAXH2CDATA).
+    fn request_data(&mut self, sqe: Sqe) {
+        let len = sqe.dptr.len;
+        self.next_ttag = self.next_ttag.wrapping_add(1);
+        let ttag = self.next_ttag;
+        let r2t = pdu::R2T {
+            cccid: sqe.cid,
+            ttag,
+            r2to: 0,
+            r2tl: len,
+        };
+        pdu::encode_r2t(&mut self.tx, &r2t, &self.wire);
+        let buf = vec![0u8; len as usize];
+        self.cmds.insert(
+            sqe.cid,
+            Cmd::AwaitData {
+                sqe,
+                buf,
+                received: 0,
+                ttag,
+            },
+        );
+    }
+
+    fn on_h2c_data(&mut self, d: pdu::H2CData) {
+        let mut hdr = Vec::new();
+        pdu::encode_h2c_data(
+            &mut hdr,
+            d.cccid,
+            d.ttag,
+            d.datao,
+            &[],
+            d.last,
+            &WireCfg::default(),
+        );
+        let Some(Cmd::AwaitData {
+            buf,
+            received,
+            ttag,
+            ..
+        }) = self.cmds.get_mut(&d.cccid)
+        else {
+            self.term(
+                Fes::UnsupportedParameter,
+                pdu::fei::CCCID,
+                &hdr,
+                "H2CData for no R2T",
+            );
+            return;
+        };
+        if *ttag != d.ttag {
+            self.term(
+                Fes::UnsupportedParameter,
+                pdu::fei::TTAG,
+                &hdr,
+                "H2CData with a wrong TTAG",
+            );
+            return;
+        }
+        let datao = d.datao as usize;
+        if datao != *received {
+            self.term(
+                Fes::DataOutOfRange,
+                pdu::fei::DATAO,
+                &hdr,
+                "H2CData out of order",
+            );
+            return;
+        }
+        let end = datao.checked_add(d.data.len());
+        let Some(dst) = end.and_then(|e| buf.get_mut(datao..e)) else {
+            self.term(
+                Fes::DataOutOfRange,
+                pdu::fei::DATAL,
+                &hdr,
+                "H2CData beyond the command",
+            );
+            return;
+        };
+        dst.copy_from_slice(&d.data);
+        *received += d.data.len();
+        if *received == buf.len()
+            && let Some(Cmd::AwaitData { sqe, buf, .. }) = self.cmds.remove(&d.cccid)
+        {
+            self.execute(sqe, buf);
+        }
+    }
+
+    fn execute(&mut self, sqe: Sqe, data: Vec<u8>) {
+        let cid = sqe.cid;
+        let outcome = if sqe.opcode == admin::FABRICS {
+            self.fabrics(&sqe, &data)
+        } else {
+            match self.q.as_ref().map(|q| q.qid) {
+                None => Outcome::status(Status::COMMAND_SEQUENCE_ERROR),
+                Some(0) => self.admin(&sqe),
+                Some(_) => self.io(&sqe, data),
+            }
+        };
+        match outcome {
+            Outcome::Done {
+                status,
+                dw0,
+                dw1,
+                data,
+            } => {
+                if status.is_success() && !data.is_empty() {
+                    // Send no more than the host's buffer holds.
+                    let n = data.len().min(sqe.dptr.len as usize);
+                    self.respond_data(cid, data.get(..n).unwrap_or(&[]), dw0);
+                } else {
+                    self.respond(cid, status, dw0, dw1);
+                }
+            }
+            Outcome::Pending => {}
+        }
+    }
+
+    fn fabrics(&mut self, sqe: &Sqe, data: &[u8]) -> Outcome {
+        match sqe.fctype() {
+            fctype::CONNECT if self.q.is_none() => self.connect(sqe, data),
+            fctype::CONNECT => Outcome::status(Status::COMMAND_SEQUENCE_ERROR),
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET => match self.q.as_ref().map(|q| q.qid) {
+                Some(0) => self.property(sqe),
+                Some(_) => Outcome::status(Status::INVALID_FIELD),
+                None => Outcome::status(Status::COMMAND_SEQUENCE_ERROR),
+            },
+            fctype::DISCONNECT => {
+                self.close_after_flush = true;
+                Outcome::status(Status::SUCCESS)
+            }
+            _ => Outcome::status(Status::INVALID_OPCODE),
+        }
+    }
+
+    fn send_resp(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
+        let (sqhd, sqid) = self.q.as_ref().map(|q| (q.sqhd, q.qid)).unwrap_or((0, 0));
+        let cqe = Cqe {
+            dw0,
+            dw1,
+            sqhd,
+            sqid,
+            cid,
+            status,
+        };
+        pdu::encode_capsule_resp(&mut self.tx, &cqe.encode(), &self.wire);
+    }
+
+    /// Completes a command (dropping its state) with a CapsuleResp.
+    pub(crate) fn respond(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
+        self.cmds.remove(&cid);
+        self.send_resp(cid, status, dw0, dw1);
+    }
+
+    /// Sends data in C2HData chunks, then the completion (or SUCCESS on the last chunk
+    /// when the host disabled SQ flow control, which is the only time that is allowed).
+    pub(crate) fn respond_data(&mut self, cid: u16, data: &[u8], dw0: u32) {
+        self.cmds.remove(&cid);
+        let chunk = (self.target.cfg.c2h_chunk as usize).max(4096);
+        let success = self.target.cfg.c2h_success
+            && dw0 == 0
+            && self.q.as_ref().is_some_and(|q| q.sq_flow_disabled);
+        let n = data.len().div_ceil(chunk);
+        for (i, c) in data.chunks(chunk).enumerate() {
+            let last = i + 1 == n;
+            let off = u32::try_from(i * chunk).unwrap_or(u32::MAX);
+            pdu::encode_c2h_data(&mut self.tx, cid, off, c, last, success && last, &self.wire);
+        }
+        if !success {
+            self.send_resp(cid, Status::SUCCESS, dw0, 0);
+        }
+    }
+
+    pub(crate) fn set_capsule_limit(&mut self, n: usize) {
+        self.dec.cfg.max_capsule_data = n;
+    }
+
+    /// Ends this connection's controller (admin queue gone or keep alive expired).
+    pub(crate) fn end_controller(&mut self) {
+        if let Some(q) = &self.q {
+            q.ctrl.alive.store(false, Ordering::Release);
+            let mut st = self.target.lock();
+            if st
+                .controllers
+                .get(&q.ctrl.cntlid)
+                .is_some_and(|c| Arc::ptr_eq(c, &q.ctrl))
+            {
+                st.controllers.remove(&q.ctrl.cntlid);
+            }
+        }
+    }
+}
+
+impl Drop for TargetConn {
+    fn drop(&mut self) {
+        match self.q.as_ref().map(|q| q.qid) {
+            Some(0) => self.end_controller(),
+            Some(qid) => {
+                if let Some(q) = &self.q {
+                    q.ctrl.lock().io_qids.remove(&qid);
+                }
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The target (controller) side: subsystems, controllers and the per-connection state
+//! machine, with namespaces served through the [`Backend`] seam.
+
+mod admin;
+pub mod backend;
+mod conn;
+mod connect;
+mod io;
+mod subsystem;
+
+pub use backend::{Backend, IoDone, IoOp, IoRequest, IoResult, NsError, RamBackend};
+pub use conn::TargetConn;
+pub use subsystem::{ConfigError, NamespaceConfig, SubsystemConfig, Target, TargetConfig};

@@ -1,0 +1,38 @@
+//! Shared test helpers: a RAM-backed target on loopback.
+#![allow(dead_code)]
+
+use nvmf::driver::{ConnectOptions, Controller, TargetServer};
+use nvmf::target::{NamespaceConfig, RamBackend, SubsystemConfig, Target, TargetConfig};
+use std::sync::Arc;
+
+pub const NQN: &str = "nqn.2024-01.io.spdk-replication:test";
+pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
+
+pub fn target(cfg: TargetConfig, block_size: u32, blocks: u64, vwc: bool) -> Arc<Target> {
+    let t = Target::new(cfg);
+    let be = Arc::new(RamBackend::new(block_size, blocks).with_write_cache(vwc));
+    t.add_subsystem(SubsystemConfig::new(NQN).namespace(NamespaceConfig::new(1, be)))
+        .unwrap();
+    t
+}
+
+pub fn server(cfg: TargetConfig, block_size: u32, blocks: u64) -> TargetServer {
+    TargetServer::start(target(cfg, block_size, blocks, true), "127.0.0.1:0").unwrap()
+}
+
+pub fn connect(srv: &TargetServer, opts: ConnectOptions) -> Controller {
+    Controller::connect(srv.local_addr(), NQN, HOSTNQN, opts).unwrap()
+}
+
+/// Deterministic bytes that differ per LBA and per seed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
