@@ -36,3 +36,33 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Polls every future until all finish, on the calling thread: lets one thread keep many
+/// commands in flight (queue depth) without an async runtime.
+pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+pub fn join_all<T>(futs: Vec<BoxFut<'_, T>>) -> Vec<T> {
+    use std::task::Poll;
+    let mut futs: Vec<_> = futs.into_iter().map(Some).collect();
+    let mut out: Vec<Option<T>> = (0..futs.len()).map(|_| None).collect();
+    nvmf::driver::block_on(std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        out[i] = Some(v);
+                        *f = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }));
+    out.into_iter().map(|v| v.unwrap()).collect()
+}
