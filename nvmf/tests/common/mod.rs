@@ -66,3 +66,4 @@ pub fn join_all<T>(futs: Vec<BoxFut<'_, T>>) -> Vec<T> {
     }));
     out.into_iter().map(|v| v.unwrap()).collect()
 }
+pub mod raw;
