@@ -2,6 +2,7 @@
 //! connection direction: [`TargetServer`] for the target, [`Controller`] for the host.
 
 mod block_on;
+mod bringup;
 mod controller;
 mod qpair;
 mod target;

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod backend;
+mod capsule;
 mod conn;
 mod connect;
 mod io;

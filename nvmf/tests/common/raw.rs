@@ -101,7 +101,31 @@ pub fn drive(
     hdgst: bool,
     ddgst: bool,
 ) -> (Vec<Pdu>, bool) {
+    drive_from(conn, input, chunk, hdgst, ddgst, false)
+}
+
+/// Like [`drive`], for a connection whose ICReq/ICResp exchange is already over.
+pub fn drive_running(
+    conn: &mut TargetConn,
+    input: &[u8],
+    hdgst: bool,
+    ddgst: bool,
+) -> (Vec<Pdu>, bool) {
+    drive_from(conn, input, 1 << 20, hdgst, ddgst, true)
+}
+
+fn drive_from(
+    conn: &mut TargetConn,
+    input: &[u8],
+    chunk: usize,
+    hdgst: bool,
+    ddgst: bool,
+    ic_done: bool,
+) -> (Vec<Pdu>, bool) {
     let mut dec = Decoder::new(DecoderCfg::host(16 << 20));
+    dec.cfg.ic_done = ic_done;
+    dec.cfg.hdgst = ic_done && hdgst;
+    dec.cfg.ddgst = ic_done && ddgst;
     let mut outbuf = Vec::new();
     let mut pdus = Vec::new();
     let now = Instant::now();
