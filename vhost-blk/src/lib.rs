@@ -1,0 +1,1 @@
+//! A vhost-user-blk device backend (skeleton; being written).
