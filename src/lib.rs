@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod engine;
+pub mod native;
 
 #[cfg(spdk)]
 pub mod host;

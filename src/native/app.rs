@@ -1,0 +1,187 @@
+//! The native `replication_tgt`: SPDK's application options, reactors from the `-m`
+//! mask, the `--json` config, the JSON-RPC socket (`-r`), and a clean exit on SIGINT /
+//! SIGTERM. [`NativeNode`] is the same node in-process, for tests.
+
+use super::host::App;
+use super::reactor::{Reactor, Reactors};
+use crate::control::RpcError;
+use clap::Parser;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// SPDK's standard application options. Those that tune SPDK's memory and PCI handling
+/// are accepted and ignored: the native host has no use for them.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "replication_tgt",
+    about = "COLO block replication node (native host)"
+)]
+pub struct Opts {
+    /// Core mask (hex, e.g. 0x3) or list ([0,1]): one reactor per core.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    pub cpumask: String,
+    /// JSON-RPC socket.
+    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/spdk.sock")]
+    pub rpc_socket: PathBuf,
+    /// JSON config file, SPDK's format.
+    #[arg(short = 'c', long = "json", alias = "config")]
+    pub json: Option<PathBuf>,
+    /// Log flags (`-L bdev`): raise those targets to debug.
+    #[arg(short = 'L', long = "logflag")]
+    pub logflag: Vec<String>,
+    /// Directory of vhost-user sockets.
+    #[arg(short = 'S', long = "vhost-dir", default_value = ".")]
+    pub vhost_dir: PathBuf,
+    /// Start the RPC server before initialising (framework_start_init continues).
+    #[arg(long = "wait-for-rpc")]
+    pub wait_for_rpc: bool,
+    #[arg(short = 's', long = "mem-size", hide = true)]
+    pub mem_size: Option<String>,
+    #[arg(long = "no-huge", hide = true)]
+    pub no_huge: bool,
+    #[arg(short = 'u', long = "no-pci", hide = true)]
+    pub no_pci: bool,
+    #[arg(long = "disable-cpumask-locks", hide = true)]
+    pub disable_cpumask_locks: bool,
+    #[arg(short = 'i', long = "shm-id", hide = true)]
+    pub shm_id: Option<String>,
+    #[arg(short = 'e', long = "tpoint-group", hide = true)]
+    pub tpoint_group: Option<String>,
+    #[arg(short = 'p', long = "main-core", hide = true)]
+    pub main_core: Option<String>,
+    #[arg(long = "silence-noticelog", hide = true)]
+    pub silence_noticelog: bool,
+    #[arg(short = 'n', long = "mem-channels", hide = true)]
+    pub mem_channels: Option<String>,
+}
+
+/// Cores of a mask: `0x3`, `3`, `[0,1]`, `[0-3]`.
+pub fn parse_cpumask(s: &str) -> Result<Vec<usize>, String> {
+    let s = s.trim();
+    let bad = || format!("-m: invalid core mask {s:?}");
+    let cores: Vec<usize> =
+        if let Some(list) = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            let mut v = Vec::new();
+            for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b): (usize, usize) =
+                            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                        if b < a || b >= 1024 {
+                            return Err(bad());
+                        }
+                        v.extend(a..=b);
+                    }
+                    None => v.push(part.parse().map_err(|_| bad())?),
+                }
+            }
+            v
+        } else {
+            let hex = s.trim_start_matches("0x").trim_start_matches("0X");
+            let m = u128::from_str_radix(hex, 16).map_err(|_| bad())?;
+            (0..128).filter(|i| m & (1u128 << i) != 0).collect()
+        };
+    if cores.is_empty() {
+        return Err(format!("-m: core mask {s:?} selects no core"));
+    }
+    let mut c = cores;
+    c.sort_unstable();
+    c.dedup();
+    Ok(c)
+}
+
+thread_local! {
+    /// The app state, on reactor 0 only.
+    static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
+}
+
+fn app() -> Option<Rc<App>> {
+    APP.with(|a| a.borrow().clone())
+}
+
+/// A running native node: reactors and the app state on reactor 0.
+pub struct NativeNode {
+    reactors: Option<Reactors>,
+    main: Reactor,
+}
+
+impl NativeNode {
+    pub fn start(cores: &[usize], vhost_dir: PathBuf) -> std::io::Result<Self> {
+        let reactors = Reactors::start(cores)?;
+        let main = reactors.get(0).clone();
+        let handles = reactors.handles();
+        let (tx, rx) = std::sync::mpsc::channel();
+        main.send(move || {
+            APP.with(|a| *a.borrow_mut() = Some(App::new(handles, vhost_dir)));
+            let _ = tx.send(());
+        });
+        rx.recv()
+            .map_err(|_| std::io::Error::other("reactor 0 did not start"))?;
+        Ok(Self {
+            reactors: Some(reactors),
+            main,
+        })
+    }
+
+    /// Calls a method on the app reactor; the future is Send (JSON-RPC server threads).
+    pub fn call_async(
+        &self,
+        method: String,
+        params: Option<Value>,
+    ) -> impl std::future::Future<Output = Result<Value, RpcError>> + Send + use<> {
+        let f = self.main.run(move || async move {
+            match app() {
+                Some(a) => super::rpc::call(&a, &method, params).await,
+                None => Err(RpcError::new(-32603, "the node is shutting down")),
+            }
+        });
+        async move {
+            f.await
+                .unwrap_or_else(|| Err(RpcError::new(-32603, "the node is shutting down")))
+        }
+    }
+
+    /// Calls a method and waits for its answer.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let p = (!params.is_null()).then_some(params);
+        futures::executor::block_on(self.call_async(method.to_owned(), p))
+    }
+
+    /// Runs a `--json` config file's calls.
+    pub fn load_config(&self, text: String) -> Result<(), String> {
+        let f = self.main.run(move || async move {
+            match app() {
+                Some(a) => super::config::load(&a, &text).await,
+                None => Err("the node is shutting down".into()),
+            }
+        });
+        futures::executor::block_on(f).unwrap_or_else(|| Err("the node stopped".into()))
+    }
+
+    pub fn main_reactor(&self) -> &Reactor {
+        &self.main
+    }
+
+    /// Closes exports and stops the reactors.
+    pub fn shutdown(&mut self) {
+        let Some(r) = self.reactors.take() else {
+            return;
+        };
+        let done = self.main.run(|| async {
+            if let Some(a) = APP.with(|a| a.borrow_mut().take()) {
+                a.nvmf.shutdown();
+                a.vhost.shutdown();
+            }
+        });
+        let _ = futures::executor::block_on(done);
+        r.stop();
+    }
+}
+
+impl Drop for NativeNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

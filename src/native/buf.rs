@@ -1,0 +1,179 @@
+//! The native host's I/O buffer: shared memory with DMA semantics (devices fill it and read
+//! it through `&self`), either page-aligned (for O_DIRECT files) or adopted from a transport's
+//! `Vec<u8>` without a copy.
+
+use crate::engine::IoBuf;
+use std::alloc::Layout;
+use std::cell::UnsafeCell;
+use std::sync::Arc;
+
+/// O_DIRECT needs the logical block size; a page covers every device here.
+pub const ALIGN: usize = 4096;
+
+struct Aligned {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `NativeBuf::alloc` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+enum Mem {
+    Aligned(Aligned),
+    Vec(UnsafeCell<Vec<u8>>),
+}
+
+// SAFETY: the memory is plain bytes; as with DMA, the engine never lets two requests write
+// one region at once, and a request's buffer is only touched by the device doing its I/O.
+unsafe impl Send for Mem {}
+unsafe impl Sync for Mem {}
+
+impl Mem {
+    fn base(&self) -> *mut u8 {
+        match self {
+            Mem::Aligned(a) => a.ptr,
+            // SAFETY: the Vec is never resized once adopted; only its bytes are written.
+            Mem::Vec(v) => unsafe { (*v.get()).as_mut_ptr() },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct NativeBuf {
+    mem: Arc<Mem>,
+    off: usize,
+    len: usize,
+}
+
+impl NativeBuf {
+    /// Zeroed, page-aligned memory; `None` when the allocator refuses.
+    pub fn alloc(len: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(len.max(1), ALIGN).ok()?;
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return None;
+        }
+        Some(Self {
+            mem: Arc::new(Mem::Aligned(Aligned { ptr, layout })),
+            off: 0,
+            len,
+        })
+    }
+
+    /// Adopts a transport's buffer (a write's data, or a read's destination) without copying.
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        let len = v.len();
+        Self {
+            mem: Arc::new(Mem::Vec(UnsafeCell::new(v))),
+            off: 0,
+            len,
+        }
+    }
+
+    /// The bytes back as a `Vec`: without a copy when this is the whole of an adopted
+    /// `Vec` and no other handle remains, else copied.
+    pub fn into_vec(self) -> Vec<u8> {
+        if self.off == 0 {
+            let len = self.len;
+            match Arc::try_unwrap(self.mem) {
+                Ok(Mem::Vec(v)) if v.get_mut_len() == len => return v.into_inner(),
+                Ok(m) => return Self::copy_out(&m, 0, len),
+                Err(mem) => return Self::copy_out(&mem, 0, len),
+            }
+        }
+        Self::copy_out(&self.mem, self.off, self.len)
+    }
+
+    fn copy_out(m: &Mem, off: usize, len: usize) -> Vec<u8> {
+        // SAFETY: in bounds by construction; see `Mem`'s Sync note.
+        unsafe { std::slice::from_raw_parts(m.base().add(off), len).to_vec() }
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: `off` is within the allocation.
+        unsafe { self.mem.base().add(self.off) }
+    }
+
+    /// The bytes, for a device reading them (a write).
+    ///
+    /// # Safety
+    /// No other request may be writing this region meanwhile (the engine's rule).
+    pub unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: bounds by construction; exclusivity by the caller.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+
+    /// Copies `src` into the buffer at `at` (a device completing a read).
+    pub fn copy_in(&self, at: usize, src: &[u8]) {
+        let n = src.len().min(self.len.saturating_sub(at));
+        // SAFETY: bounds checked above; see `Mem`'s Sync note.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr().add(at), n) }
+    }
+
+    pub fn is_aligned(&self) -> bool {
+        (self.as_ptr() as usize).is_multiple_of(ALIGN)
+    }
+}
+
+trait VecLen {
+    fn get_mut_len(&self) -> usize;
+}
+
+impl VecLen for UnsafeCell<Vec<u8>> {
+    fn get_mut_len(&self) -> usize {
+        // SAFETY: read of the length only; the Vec is never resized.
+        unsafe { (*self.get()).len() }
+    }
+}
+
+impl IoBuf for NativeBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn slice(&self, offset: usize, len: usize) -> Self {
+        let offset = offset.min(self.len);
+        Self {
+            mem: self.mem.clone(),
+            off: self.off + offset,
+            len: len.min(self.len - offset),
+        }
+    }
+
+    fn fill_zero(&self) {
+        // SAFETY: bounds by construction; see `Mem`'s Sync note.
+        unsafe { std::ptr::write_bytes(self.as_ptr(), 0, self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adopted_vec_round_trips_without_copy() {
+        let v = vec![7u8; 8192];
+        let p = v.as_ptr();
+        let b = NativeBuf::from_vec(v);
+        b.slice(4096, 4096).fill_zero();
+        let v = b.into_vec();
+        assert_eq!(v.as_ptr(), p);
+        assert!(v[..4096].iter().all(|&x| x == 7));
+        assert!(v[4096..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn aligned_slices_share_memory() {
+        let b = NativeBuf::alloc(3 * ALIGN).unwrap();
+        assert!(b.is_aligned());
+        b.slice(ALIGN, ALIGN).copy_in(0, &[9u8; ALIGN]);
+        let v = b.clone().into_vec();
+        assert!(v[ALIGN..2 * ALIGN].iter().all(|&x| x == 9));
+        assert!(v[..ALIGN].iter().all(|&x| x == 0));
+    }
+}

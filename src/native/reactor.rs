@@ -1,0 +1,580 @@
+//! Reactors like SPDK's: one thread per core of the `-m` mask, each with its own io_uring,
+//! timers and tasks. Work reaches a reactor as a message (a closure) or as a task woken from
+//! any thread; an idle reactor sleeps in `io_uring_enter` until a completion, a timer, or
+//! an eventfd write from another thread, so nothing is busy-polled and nothing blocks.
+
+use crossbeam_queue::SegQueue;
+use io_uring::{IoUring, opcode, squeue, types};
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Wake;
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+type Msg = Box<dyn FnOnce() + Send>;
+type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+const RING_ENTRIES: u32 = 256;
+/// user_data of the eventfd read that wakes a sleeping reactor.
+const WAKE_TAG: u64 = u64::MAX;
+
+/// What other threads see of a reactor.
+struct Shared {
+    id: usize,
+    msgs: SegQueue<Msg>,
+    ready: SegQueue<usize>,
+    sleeping: AtomicBool,
+    stop: AtomicBool,
+    efd: OwnedFd,
+}
+
+impl Shared {
+    fn kick(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            unsafe { libc::write(self.efd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
+    }
+}
+
+/// A handle to one reactor, usable from any thread.
+#[derive(Clone)]
+pub struct Reactor(Arc<Shared>);
+
+impl Reactor {
+    pub fn id(&self) -> usize {
+        self.0.id
+    }
+
+    /// Runs `f` on the reactor.
+    pub fn send(&self, f: impl FnOnce() + Send + 'static) {
+        self.0.msgs.push(Box::new(f));
+        self.0.kick();
+    }
+
+    /// Runs the future made by `f` as a task on the reactor; the result comes back to any
+    /// thread (`None` if the reactor stopped first).
+    pub fn run<F, Fut, T>(&self, f: F) -> impl Future<Output = Option<T>> + Send + use<F, Fut, T>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.send(move || {
+            spawn_local(async move {
+                let _ = tx.send(f().await);
+            })
+        });
+        async move { rx.await.ok() }
+    }
+}
+
+struct TaskWaker {
+    id: usize,
+    shared: Arc<Shared>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.shared.ready.push(self.id);
+        self.shared.kick();
+    }
+}
+
+/// A submitted io_uring operation: its result once the CQE arrived, and what must stay
+/// alive until then (the buffer the kernel reads or fills).
+struct OpSlot {
+    result: Option<i32>,
+    waker: Option<Waker>,
+    /// The future was dropped: free the slot when the CQE arrives.
+    orphan: bool,
+    _keep: Option<Box<dyn std::any::Any>>,
+}
+
+/// The reactor's own state, on its thread.
+struct Local {
+    shared: Arc<Shared>,
+    ring: RefCell<IoUring>,
+    tasks: RefCell<Slab<Option<Task>>>,
+    ops: RefCell<Slab<OpSlot>>,
+    timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
+    timer_seq: Cell<u64>,
+    wake_armed: Cell<bool>,
+    wake_buf: Box<Cell<u64>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
+}
+
+fn with_local<T>(f: impl FnOnce(&Rc<Local>) -> T) -> Option<T> {
+    LOCAL.with(|l| l.borrow().as_ref().map(f))
+}
+
+/// The reactor the calling thread runs, if it is one.
+pub fn current() -> Option<Reactor> {
+    with_local(|l| Reactor(l.shared.clone()))
+}
+
+/// Spawns a task on the calling reactor. Off a reactor the task is dropped and logged:
+/// every caller runs on one by construction.
+pub fn spawn_local(fut: impl Future<Output = ()> + 'static) {
+    let ok = with_local(|l| {
+        let id = l.tasks.borrow_mut().insert(Some(Box::pin(fut)));
+        l.shared.ready.push(id);
+    });
+    if ok.is_none() {
+        tracing::error!("spawn_local called off a reactor");
+    }
+}
+
+/// A timer on the calling reactor.
+pub fn sleep(d: Duration) -> Sleep {
+    Sleep {
+        deadline: Instant::now() + d,
+        key: None,
+    }
+}
+
+pub struct Sleep {
+    deadline: Instant,
+    key: Option<(Instant, u64)>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        let deadline = self.deadline;
+        let prev = self.key;
+        let key = with_local(|l| {
+            let mut t = l.timers.borrow_mut();
+            if let Some(k) = prev {
+                t.remove(&k);
+            }
+            let seq = l.timer_seq.get() + 1;
+            l.timer_seq.set(seq);
+            t.insert((deadline, seq), cx.waker().clone());
+            (deadline, seq)
+        });
+        match key {
+            Some(k) => {
+                self.key = Some(k);
+                Poll::Pending
+            }
+            // Off a reactor: no timer wheel; a reactor-less caller gets no delay.
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            with_local(|l| l.timers.borrow_mut().remove(&k));
+        }
+    }
+}
+
+/// Submits one io_uring operation on the calling reactor and resolves to its CQE result
+/// (a byte count or a negative errno). `keep` lives until the kernel is done with it.
+pub fn uring(entry: squeue::Entry, keep: Option<Box<dyn std::any::Any>>) -> UringOp {
+    UringOp {
+        entry: Some(entry),
+        keep,
+        slot: None,
+    }
+}
+
+pub struct UringOp {
+    entry: Option<squeue::Entry>,
+    keep: Option<Box<dyn std::any::Any>>,
+    slot: Option<usize>,
+}
+
+impl Future for UringOp {
+    type Output = i32;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        let this = &mut *self;
+        let r = with_local(|l| {
+            if let Some(s) = this.slot {
+                let mut ops = l.ops.borrow_mut();
+                let Some(op) = ops.get_mut(s) else {
+                    return Poll::Ready(-libc::EIO);
+                };
+                if let Some(res) = op.result {
+                    ops.remove(s);
+                    this.slot = None;
+                    return Poll::Ready(res);
+                }
+                op.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let Some(entry) = this.entry.take() else {
+                return Poll::Ready(-libc::EINVAL);
+            };
+            let s = l.ops.borrow_mut().insert(OpSlot {
+                result: None,
+                waker: Some(cx.waker().clone()),
+                orphan: false,
+                _keep: this.keep.take(),
+            });
+            let entry = entry.user_data(s as u64);
+            let mut ring = l.ring.borrow_mut();
+            // SAFETY: everything the entry points at is kept alive by the slot until its CQE.
+            while unsafe { ring.submission().push(&entry) }.is_err() {
+                if ring.submit().is_err() {
+                    l.ops.borrow_mut().remove(s);
+                    return Poll::Ready(-libc::EAGAIN);
+                }
+            }
+            this.slot = Some(s);
+            Poll::Pending
+        });
+        r.unwrap_or(Poll::Ready(-libc::ENXIO))
+    }
+}
+
+impl Drop for UringOp {
+    fn drop(&mut self) {
+        if let Some(s) = self.slot {
+            with_local(|l| {
+                if let Some(op) = l.ops.borrow_mut().get_mut(s) {
+                    op.orphan = true;
+                    op.waker = None;
+                }
+            });
+        }
+    }
+}
+
+/// The running reactors of a node.
+pub struct Reactors {
+    handles: Vec<Reactor>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Reactors {
+    /// One reactor per core in `cores` (pinned there, best effort).
+    pub fn start(cores: &[usize]) -> std::io::Result<Self> {
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for (id, &core) in cores.iter().enumerate() {
+            // SAFETY: plain syscall; the fd is owned below.
+            let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if efd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let shared = Arc::new(Shared {
+                id,
+                msgs: SegQueue::new(),
+                ready: SegQueue::new(),
+                sleeping: AtomicBool::new(false),
+                stop: AtomicBool::new(false),
+                // SAFETY: a fresh fd we own.
+                efd: unsafe { OwnedFd::from_raw_fd(efd) },
+            });
+            let ring = IoUring::new(RING_ENTRIES)?;
+            let sh = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("reactor_{core}"))
+                .spawn(move || {
+                    pin_to(core);
+                    run_loop(sh, ring)
+                })?;
+            handles.push(Reactor(shared));
+            threads.push(t);
+        }
+        Ok(Self { handles, threads })
+    }
+
+    pub fn get(&self, i: usize) -> &Reactor {
+        &self.handles[i % self.handles.len()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    pub fn handles(&self) -> Vec<Reactor> {
+        self.handles.clone()
+    }
+
+    /// Stops every reactor after its current turn and joins the threads; tasks still
+    /// pending are dropped.
+    pub fn stop(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        for h in &self.handles {
+            h.0.stop.store(true, Ordering::SeqCst);
+            h.0.sleeping.store(true, Ordering::SeqCst);
+            h.0.kick();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Reactors {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn pin_to(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays in bounds for core < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if core < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(core, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                tracing::debug!(core, "could not pin reactor");
+            }
+        }
+    }
+}
+
+fn run_loop(shared: Arc<Shared>, ring: IoUring) {
+    let local = Rc::new(Local {
+        shared: shared.clone(),
+        ring: RefCell::new(ring),
+        tasks: RefCell::new(Slab::new()),
+        ops: RefCell::new(Slab::new()),
+        timers: RefCell::new(BTreeMap::new()),
+        timer_seq: Cell::new(0),
+        wake_armed: Cell::new(false),
+        wake_buf: Box::new(Cell::new(0)),
+    });
+    LOCAL.with(|l| *l.borrow_mut() = Some(local.clone()));
+    while !shared.stop.load(Ordering::SeqCst) {
+        let mut busy = false;
+        while let Some(m) = shared.msgs.pop() {
+            m();
+            busy = true;
+        }
+        while let Some(id) = shared.ready.pop() {
+            poll_task(&local, id);
+            busy = true;
+        }
+        busy |= reap(&local);
+        busy |= fire_timers(&local);
+        if busy {
+            let _ = local.ring.borrow_mut().submit();
+            continue;
+        }
+        idle(&local);
+    }
+    // Drop tasks (and the futures' io_uring slots) while the thread-local is still set.
+    local.tasks.borrow_mut().clear();
+    LOCAL.with(|l| *l.borrow_mut() = None);
+}
+
+fn poll_task(local: &Rc<Local>, id: usize) {
+    // Take the task out so it can spawn others (which borrows the slab) while polled.
+    let task = match local.tasks.borrow_mut().get_mut(id) {
+        Some(t) => t.take(),
+        None => return,
+    };
+    let Some(mut task) = task else { return };
+    let waker = Waker::from(Arc::new(TaskWaker {
+        id,
+        shared: local.shared.clone(),
+    }));
+    let done = task
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_ready();
+    let mut tasks = local.tasks.borrow_mut();
+    if done {
+        tasks.remove(id);
+    } else if let Some(slot) = tasks.get_mut(id) {
+        *slot = Some(task);
+    }
+}
+
+fn reap(local: &Rc<Local>) -> bool {
+    let mut any = false;
+    let mut ring = local.ring.borrow_mut();
+    let cq: Vec<(u64, i32)> = ring
+        .completion()
+        .map(|c| (c.user_data(), c.result()))
+        .collect();
+    drop(ring);
+    for (ud, res) in cq {
+        any = true;
+        if ud == WAKE_TAG {
+            local.wake_armed.set(false);
+            continue;
+        }
+        let mut ops = local.ops.borrow_mut();
+        let s = ud as usize;
+        let Some(op) = ops.get_mut(s) else { continue };
+        if op.orphan {
+            ops.remove(s);
+            continue;
+        }
+        op.result = Some(res);
+        if let Some(w) = op.waker.take() {
+            drop(ops);
+            w.wake();
+        }
+    }
+    any
+}
+
+fn fire_timers(local: &Rc<Local>) -> bool {
+    let now = Instant::now();
+    let mut due = Vec::new();
+    {
+        let mut t = local.timers.borrow_mut();
+        while let Some(e) = t.first_entry() {
+            if e.key().0 > now {
+                break;
+            }
+            due.push(e.remove());
+        }
+    }
+    let any = !due.is_empty();
+    for w in due {
+        w.wake();
+    }
+    any
+}
+
+fn idle(local: &Rc<Local>) {
+    let shared = &local.shared;
+    let mut ring = local.ring.borrow_mut();
+    if !local.wake_armed.get() {
+        let e = opcode::Read::new(
+            types::Fd(shared.efd.as_raw_fd()),
+            local.wake_buf.as_ptr().cast(),
+            8,
+        )
+        .build()
+        .user_data(WAKE_TAG);
+        // SAFETY: the eventfd and `wake_buf` live as long as the ring.
+        if unsafe { ring.submission().push(&e) }.is_ok() {
+            local.wake_armed.set(true);
+        }
+    }
+    shared.sleeping.store(true, Ordering::SeqCst);
+    // A message or wake that raced with going to sleep must not be slept through.
+    if !shared.msgs.is_empty() || !shared.ready.is_empty() || shared.stop.load(Ordering::SeqCst) {
+        shared.sleeping.store(false, Ordering::SeqCst);
+        let _ = ring.submit();
+        return;
+    }
+    let next = local.timers.borrow().first_key_value().map(|(k, _)| k.0);
+    let r = match next {
+        Some(deadline) => {
+            let d = deadline.saturating_duration_since(Instant::now());
+            let ts = types::Timespec::new()
+                .sec(d.as_secs())
+                .nsec(d.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            ring.submitter().submit_with_args(1, &args)
+        }
+        None => ring.submit_and_wait(1),
+    };
+    if let Err(e) = r
+        && !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR))
+    {
+        tracing::warn!(error = %e, "io_uring_enter failed");
+    }
+    shared.sleeping.store(false, Ordering::SeqCst);
+}
+
+/// The engine's timers and detached tasks, on the calling reactor.
+#[derive(Clone, Copy, Default)]
+pub struct NativeRuntime;
+
+impl crate::engine::Runtime for NativeRuntime {
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
+        sleep(d)
+    }
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
+        spawn_local(task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn messages_tasks_timers_and_cross_thread_wakes() {
+        let r = Reactors::start(&[0, 1]).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let t0 = Instant::now();
+        let tx2 = tx.clone();
+        r.get(0).send(move || {
+            spawn_local(async move {
+                sleep(Duration::from_millis(30)).await;
+                tx2.send(("timer", Instant::now())).unwrap();
+            })
+        });
+        // A task on reactor 1 woken by a oneshot completed from this thread.
+        let (otx, orx) = futures::channel::oneshot::channel::<u32>();
+        let tx3 = tx.clone();
+        r.get(1).send(move || {
+            spawn_local(async move {
+                let v = orx.await.unwrap();
+                assert_eq!(v, 42);
+                tx3.send(("woken", Instant::now())).unwrap();
+            })
+        });
+        std::thread::sleep(Duration::from_millis(10));
+        otx.send(42).unwrap();
+        let mut got: Vec<_> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got[0].0, "timer");
+        assert!(got[0].1 - t0 >= Duration::from_millis(30));
+        assert_eq!(got[1].0, "woken");
+        let v = futures::executor::block_on(r.get(1).run(|| async { 7 }));
+        assert_eq!(v, Some(7));
+        r.stop();
+    }
+
+    #[test]
+    fn uring_reads_a_file() {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[5u8; 4096]).unwrap();
+        let file = std::fs::File::open(f.path()).unwrap();
+        let r = Reactors::start(&[0]).unwrap();
+        let n = futures::executor::block_on(r.get(0).run(move || async move {
+            let mut buf = vec![0u8; 4096];
+            let e = opcode::Read::new(types::Fd(file.as_raw_fd()), buf.as_mut_ptr(), 4096)
+                .offset(0)
+                .build();
+            let n = uring(e, None).await;
+            (n, buf.iter().all(|&b| b == 5))
+        }));
+        assert_eq!(n, Some((4096, true)));
+    }
+}
