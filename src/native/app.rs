@@ -160,6 +160,42 @@ impl NativeNode {
         futures::executor::block_on(f).unwrap_or_else(|| Err("the node stopped".into()))
     }
 
+    /// Runs `f` with the app state on the app reactor (benchmarks, tests).
+    pub fn with_app<F, Fut, T>(&self, f: F) -> Option<T>
+    where
+        F: FnOnce(Rc<App>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        let r = self.main.run(move || async move {
+            match app() {
+                Some(a) => Some(f(a).await),
+                None => None,
+            }
+        });
+        futures::executor::block_on(r).flatten()
+    }
+
+    /// Marks start-up complete (`framework_wait_init` answers from then on).
+    pub fn set_init_done(&self) {
+        self.main.send(|| {
+            if let Some(a) = app() {
+                a.init_done.set(true);
+            }
+        });
+    }
+
+    /// Shuts down exports when other handles to the node remain (RPC threads finishing).
+    pub fn request_shutdown(&self) {
+        let done = self.main.run(|| async {
+            if let Some(a) = APP.with(|a| a.borrow_mut().take()) {
+                a.nvmf.shutdown();
+                a.vhost.shutdown();
+            }
+        });
+        let _ = futures::executor::block_on(done);
+    }
+
     pub fn main_reactor(&self) -> &Reactor {
         &self.main
     }
@@ -184,4 +220,81 @@ impl Drop for NativeNode {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Runs the native `replication_tgt` until SIGINT/SIGTERM; returns the exit code.
+pub fn run(args: Vec<String>) -> i32 {
+    let opts = match Opts::try_parse_from(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    init_logging(&opts.logflag);
+    match run_node(&opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("replication_tgt: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(flags: &[String]) {
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    for f in flags {
+        // SPDK's log flags name components; ours are module paths.
+        let target = match f.as_str() {
+            "all" => "spdk_replication".to_owned(),
+            "nvmf" | "nvmf_tcp" | "nvme" => "nvmf".to_owned(),
+            other => format!("spdk_replication::native::{other}"),
+        };
+        filter.push_str(&format!(",{target}=debug"));
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run_node(opts: &Opts) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cores = parse_cpumask(&opts.cpumask).map_err(anyhow::Error::msg)?;
+    // Register for the signals first, so a signal during start-up still stops us cleanly.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    let node = std::sync::Arc::new(
+        NativeNode::start(&cores, opts.vhost_dir.clone()).context("starting reactors")?,
+    );
+    tracing::info!(
+        reactors = cores.len(),
+        "replication_tgt (native host) starting"
+    );
+    let server = super::rpc_server::serve(node.clone(), &opts.rpc_socket)
+        .with_context(|| format!("RPC socket {}", opts.rpc_socket.display()))?;
+    if let Some(path) = &opts.json {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --json {}", path.display()))?;
+        node.load_config(text)
+            .map_err(|e| anyhow::anyhow!("--json {}: {e}", path.display()))?;
+    }
+    node.set_init_done();
+    tracing::info!(socket = %opts.rpc_socket.display(), "replication_tgt started");
+    let sig = signals.forever().next();
+    tracing::info!(?sig, "shutting down");
+    drop(server);
+    match std::sync::Arc::try_unwrap(node) {
+        Ok(mut n) => n.shutdown(),
+        Err(n) => n.request_shutdown(),
+    }
+    Ok(())
 }

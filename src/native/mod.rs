@@ -12,4 +12,5 @@ pub mod node;
 pub mod nvmf;
 pub mod reactor;
 pub mod rpc;
+pub mod rpc_server;
 pub mod vhost;

@@ -166,7 +166,18 @@ pub async fn call(app: &Rc<App>, method: &str, params: Option<Value>) -> Result<
             m.extend(control::METHODS);
             Ok(json!(m))
         }
-        "framework_wait_init" | "framework_start_init" | "bdev_wait_for_examine" => Ok(t),
+        "framework_wait_init" => {
+            // SPDK answers once start-up (the --json config) is complete.
+            while !app.init_done.get() {
+                super::reactor::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Ok(t)
+        }
+        "framework_start_init" => {
+            app.init_done.set(true);
+            Ok(t)
+        }
+        "bdev_wait_for_examine" => Ok(t),
         "save_config" => Ok(super::config::save(app)),
         "bdev_get_bdevs" => {
             let p: OptName = decode(params)?;

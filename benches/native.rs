@@ -1,0 +1,283 @@
+//! Native host benchmarks (not tests). Run with `cargo bench --bench native`.
+//!
+//! 1. Bdev level, no network: the cost per 4 KiB I/O of each replication face (primary over
+//!    two RAM disks, secondary top and ingress in `running`) against a plain RAM disk, on
+//!    the same reactor, as ratios of IOPS measured in the same run.
+//! 2. Over loopback NVMe/TCP with the project's initiator, QD1 and QD32 4 KiB random
+//!    read/write: the primary (whose remote leg is a second native node's ingress), the
+//!    secondary's top and ingress, against a plain RAM disk exported by the same target.
+//!    (With SPDK installed, `benches/bdevperf/run.py` compares against the SPDK host.)
+
+use futures::future::join_all;
+use nvmf::driver::{ConnectOptions, Controller};
+use serde_json::{Value, json};
+use spdk_replication::native::app::NativeNode;
+use spdk_replication::native::node::BlockOp;
+use std::time::{Duration, Instant};
+
+const BS: u64 = 4096;
+const BLOCKS: u64 = 16384;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn ok(n: &NativeNode, m: &str, p: Value) -> Value {
+    n.call(m, p).unwrap_or_else(|e| panic!("{m}: {e}"))
+}
+
+fn secs() -> f64 {
+    std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+/// IOPS of a QD1 loop of 4 KiB random reads or writes on bdev `name`, on the app reactor.
+fn bdev_iops(n: &NativeNode, name: &str, write: bool, d: Duration) -> f64 {
+    let name = name.to_owned();
+    n.with_app(move |app| async move {
+        let ex = app.exported(&name).expect("bdev");
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let t = Instant::now();
+        let mut ios = 0u64;
+        while t.elapsed() < d {
+            for _ in 0..64 {
+                let lba = rng.next() % BLOCKS;
+                let op = if write {
+                    BlockOp::Write {
+                        lba,
+                        data: vec![0x5A; BS as usize],
+                    }
+                } else {
+                    BlockOp::Read { lba, nblocks: 1 }
+                };
+                ex.run(op).await.expect("I/O");
+            }
+            ios += 64;
+        }
+        ios as f64 / t.elapsed().as_secs_f64()
+    })
+    .expect("app")
+}
+
+fn median_spread(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v[v.len() / 2];
+    (m, (v[v.len() - 1] - v[0]) / m)
+}
+
+fn listen(nqn: &str, port: u16) -> Value {
+    json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+           "traddr": "127.0.0.1", "trsvcid": port.to_string()}})
+}
+
+fn export(n: &NativeNode, nqn: &str, bdev: &str, port: u16) {
+    ok(
+        n,
+        "nvmf_create_subsystem",
+        json!({"nqn": nqn, "allow_any_host": true}),
+    );
+    ok(
+        n,
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": nqn, "namespace": {"bdev_name": bdev}}),
+    );
+    ok(n, "nvmf_subsystem_add_listener", listen(nqn, port));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (IOPS, mean latency µs) of QD `qd` 4 KiB random I/O through our initiator.
+fn nvmf_run(port: u16, nqn: &str, write: bool, qd: usize, d: Duration) -> (f64, f64) {
+    let c = Controller::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        nqn,
+        "nqn.2014-08.org.nvmexpress:uuid:bench",
+        ConnectOptions {
+            queue_size: 128,
+            ..ConnectOptions::default()
+        },
+    )
+    .expect("connect");
+    let t = Instant::now();
+    let c = &c;
+    let counts = futures::executor::block_on(join_all((0..qd).map(|q| async move {
+        let mut rng = Rng(0x1234_5678 + q as u64);
+        let mut n = 0u64;
+        let data = bytes::Bytes::from(vec![0xA5u8; BS as usize]);
+        while t.elapsed() < d {
+            let lba = rng.next() % BLOCKS;
+            if write {
+                c.write(1, lba, data.clone()).await.expect("write");
+            } else {
+                c.read(1, lba, 1).await.expect("read");
+            }
+            n += 1;
+        }
+        n
+    })));
+    let el = t.elapsed().as_secs_f64();
+    let ios: u64 = counts.iter().sum();
+    (ios as f64 / el, el * 1e6 * qd as f64 / ios as f64)
+}
+
+fn main() {
+    let d = Duration::from_secs_f64(secs());
+    let sec = NativeNode::start(&[0], ".".into()).unwrap();
+    let pri = NativeNode::start(&[1], ".".into()).unwrap();
+    for b in ["ram", "base", "hidden", "active"] {
+        ok(
+            &sec,
+            "bdev_malloc_create",
+            json!({"name": b, "num_blocks": BLOCKS, "block_size": BS}),
+        );
+    }
+    ok(
+        &sec,
+        "bdev_replication_create",
+        json!({"name": "svm0", "mode": "secondary",
+        "base_bdev": "base", "hidden_bdev": "hidden", "active_bdev": "active"}),
+    );
+    ok(&sec, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    let (ram_p, ing_p, top_p, pri_p, pram_p) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    export(&sec, "nqn.2016-06.io.spdk:ram", "ram", ram_p);
+    export(
+        &sec,
+        "nqn.2016-06.io.spdk:svm0-ingress",
+        "svm0_ingress",
+        ing_p,
+    );
+    export(&sec, "nqn.2016-06.io.spdk:svm0", "svm0", top_p);
+    for b in ["pram", "local"] {
+        ok(
+            &pri,
+            "bdev_malloc_create",
+            json!({"name": b, "num_blocks": BLOCKS, "block_size": BS}),
+        );
+    }
+    ok(
+        &pri,
+        "bdev_nvme_attach_controller",
+        json!({"name": "svm0", "trtype": "TCP",
+        "traddr": "127.0.0.1", "trsvcid": ing_p.to_string(),
+        "subnqn": "nqn.2016-06.io.spdk:svm0-ingress"}),
+    );
+    ok(
+        &pri,
+        "bdev_replication_create",
+        json!({"name": "pvm0", "mode": "primary",
+        "local_bdev": "local", "remote_bdev": "svm0n1"}),
+    );
+    ok(&pri, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    export(&pri, "nqn.2016-06.io.spdk:pvm0", "pvm0", pri_p);
+    export(&pri, "nqn.2016-06.io.spdk:pram", "pram", pram_p);
+    ok(
+        &sec,
+        "bdev_replication_start",
+        json!({"name": "svm0", "mode": "secondary"}),
+    );
+    ok(
+        &pri,
+        "bdev_replication_start",
+        json!({"name": "pvm0", "mode": "primary"}),
+    );
+
+    println!(
+        "bdev level (QD1 loop on one reactor, 4 KiB random, median of {} x {:.1} s):",
+        rounds(),
+        secs()
+    );
+    for (what, write) in [("randread", false), ("randwrite", true)] {
+        for face in ["svm0", "svm0_ingress"] {
+            let mut ratios = Vec::new();
+            let mut base = Vec::new();
+            for _ in 0..rounds() {
+                let r = bdev_iops(&sec, "ram", write, d);
+                let f = bdev_iops(&sec, face, write, d);
+                base.push(r);
+                ratios.push(f / r);
+            }
+            let (r, spread) = median_spread(ratios);
+            let (b, _) = median_spread(base);
+            println!(
+                "  {face:>14} {what:9}: {r:.3}x malloc ({b:.0} IOPS), spread {:.1}%",
+                spread * 100.0
+            );
+        }
+    }
+
+    println!(
+        "NVMe/TCP loopback, the project's initiator, 4 KiB random (median of {}):",
+        rounds()
+    );
+    let cases = [
+        (
+            "top",
+            top_p,
+            "nqn.2016-06.io.spdk:svm0",
+            ram_p,
+            "nqn.2016-06.io.spdk:ram",
+        ),
+        (
+            "ingress",
+            ing_p,
+            "nqn.2016-06.io.spdk:svm0-ingress",
+            ram_p,
+            "nqn.2016-06.io.spdk:ram",
+        ),
+        (
+            "primary",
+            pri_p,
+            "nqn.2016-06.io.spdk:pvm0",
+            pram_p,
+            "nqn.2016-06.io.spdk:pram",
+        ),
+    ];
+    for qd in [1usize, 32] {
+        for (what, write) in [("randread", false), ("randwrite", true)] {
+            for (face, port, nqn, bport, bnqn) in cases {
+                let mut ratios = Vec::new();
+                let mut figs = Vec::new();
+                for _ in 0..rounds() {
+                    let (bi, bl) = nvmf_run(bport, bnqn, write, qd, d);
+                    let (fi, fl) = nvmf_run(port, nqn, write, qd, d);
+                    ratios.push(fi / bi);
+                    figs.push((fi, fl, bi, bl));
+                }
+                let (r, spread) = median_spread(ratios.clone());
+                let i = ratios.iter().position(|x| *x == r).unwrap_or(0);
+                let (fi, fl, bi, bl) = figs[i];
+                println!(
+                    "  QD{qd:<2} {face:>7} {what:9}: {r:.3}x malloc export (spread {:.1}%): {fi:.0} vs {bi:.0} IOPS, {fl:.1} vs {bl:.1} us",
+                    spread * 100.0
+                );
+            }
+        }
+    }
+}
