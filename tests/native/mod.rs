@@ -351,3 +351,16 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Reads `nblocks` from `lba` in transfers of at most 1 MiB (the initiator's limit).
+pub fn read_all(c: &Controller, lba: u64, nblocks: u32) -> Vec<u8> {
+    let per = (1 << 20) / BS as u32;
+    let mut out = Vec::with_capacity(nblocks as usize * BS);
+    let mut at = 0;
+    while at < nblocks {
+        let n = (nblocks - at).min(per);
+        out.extend(c.blocking().read(1, lba + u64::from(at), n).unwrap());
+        at += n;
+    }
+    out
+}
