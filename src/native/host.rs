@@ -215,6 +215,12 @@ impl App {
             for (i, n) in faces.into_iter().enumerate() {
                 let ex =
                     Exported::Replica(node.clone(), if i == 0 { Face::Top } else { Face::Ingress });
+                let mut status = r.status();
+                status["role"] = json!(match (r.mode(), i) {
+                    (Mode::Primary, _) => "primary",
+                    (_, 0) => "top",
+                    _ => "ingress",
+                });
                 out.push(json!({
                     "name": n,
                     "aliases": [],
@@ -225,7 +231,7 @@ impl App {
                     "claim_type": "none",
                     "write_cache": ex.write_cache(),
                     "supported_io_types": io_types(true, true),
-                    "driver_specific": {"replication": r.status()},
+                    "driver_specific": {"replication": status},
                 }));
             }
         }
