@@ -417,3 +417,36 @@ fn rpc_errors_name_the_parameter_and_leave_nothing_behind() {
         );
     }
 }
+
+#[test]
+fn a_bad_config_file_stops_start_up_naming_the_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |cfg: &str, extra: &[&str]| {
+        let path = tmp.path().join("bad.json");
+        std::fs::write(&path, cfg).unwrap();
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_replication_tgt"));
+        c.args(["--host", "native", "-r"])
+            .arg(tmp.path().join("bad.sock"));
+        c.arg("--json").arg(&path).args(extra);
+        c.output().unwrap()
+    };
+    let cfg = r#"{"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create", "params": {"name": "m", "num_blocks": 8, "block_size": 4096}},
+        {"method": "bdev_replication_create", "params": {"name": "r", "mode": "primary",
+         "local_bdev": "m", "remote_bdev": "missing"}}]}]}"#;
+    let out = run(cfg, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bdev_replication_create")
+            && err.contains("remote_bdev")
+            && err.contains("missing"),
+        "{err}"
+    );
+    let out = run("{\"subsystems\": [", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid JSON config"));
+    let out = run("{}", &["-m", "0x0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-m"));
+}

@@ -55,6 +55,31 @@ pub struct Opts {
     pub silence_noticelog: bool,
     #[arg(short = 'n', long = "mem-channels", hide = true)]
     pub mem_channels: Option<String>,
+    /// Go on loading the --json config after a failing call (logged).
+    #[arg(long = "json-ignore-init-errors")]
+    pub json_ignore_init_errors: bool,
+    #[arg(short = 'g', long = "single-file-segments", hide = true)]
+    pub single_file_segments: bool,
+    #[arg(short = 'R', long = "huge-unlink", hide = true)]
+    pub huge_unlink: bool,
+    #[arg(long = "huge-dir", hide = true)]
+    pub huge_dir: Option<String>,
+    #[arg(long = "iova-mode", hide = true)]
+    pub iova_mode: Option<String>,
+    #[arg(long = "base-virtaddr", hide = true)]
+    pub base_virtaddr: Option<String>,
+    #[arg(short = 'd', long = "limit-coredump", hide = true)]
+    pub limit_coredump: bool,
+    #[arg(long = "num-trace-entries", hide = true)]
+    pub num_trace_entries: Option<String>,
+    #[arg(short = 'B', long = "pci-blocked", hide = true)]
+    pub pci_blocked: Vec<String>,
+    #[arg(short = 'A', long = "pci-allowed", hide = true)]
+    pub pci_allowed: Vec<String>,
+    #[arg(long = "rpcs-allowed", hide = true)]
+    pub rpcs_allowed: Option<String>,
+    #[arg(long = "interrupt-mode", hide = true)]
+    pub interrupt_mode: bool,
 }
 
 /// Cores of a mask: `0x3`, `3`, `[0,1]`, `[0-3]`.
@@ -149,11 +174,11 @@ impl NativeNode {
         futures::executor::block_on(self.call_async(method.to_owned(), p))
     }
 
-    /// Runs a `--json` config file's calls.
-    pub fn load_config(&self, text: String) -> Result<(), String> {
+    /// Runs a `--json` config file's calls; `keep_going` logs failures instead of stopping.
+    pub fn load_config(&self, text: String, keep_going: bool) -> Result<(), String> {
         let f = self.main.run(move || async move {
             match app() {
-                Some(a) => super::config::load(&a, &text).await,
+                Some(a) => super::config::load(&a, &text, keep_going).await,
                 None => Err("the node is shutting down".into()),
             }
         });
@@ -284,7 +309,7 @@ fn run_node(opts: &Opts) -> anyhow::Result<()> {
     if let Some(path) = &opts.json {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --json {}", path.display()))?;
-        node.load_config(text)
+        node.load_config(text, opts.json_ignore_init_errors)
             .map_err(|e| anyhow::anyhow!("--json {}: {e}", path.display()))?;
     }
     node.set_init_done();

@@ -100,17 +100,21 @@ fn rank(subsystem: &str) -> usize {
 }
 
 /// Runs a config file's calls in order; the first failure ends it, naming the call.
-pub async fn load(app: &Rc<App>, text: &str) -> Result<(), String> {
+pub async fn load(app: &Rc<App>, text: &str, keep_going: bool) -> Result<(), String> {
     let f: File = serde_json::from_str(text).map_err(|e| format!("invalid JSON config: {e}"))?;
     let mut subs = f.subsystems;
     subs.sort_by_key(|s| rank(&s.subsystem));
     for s in subs {
         for (i, c) in s.config.unwrap_or_default().into_iter().enumerate() {
             if let Err(e) = super::rpc::call(app, &c.method, c.params).await {
-                return Err(format!(
+                let msg = format!(
                     "subsystem {} config[{i}] {}: {} (code {})",
                     s.subsystem, c.method, e.message, e.code
-                ));
+                );
+                if !keep_going {
+                    return Err(msg);
+                }
+                tracing::error!("{msg} (ignored: --json-ignore-init-errors)");
             }
         }
     }
