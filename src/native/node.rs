@@ -4,11 +4,12 @@
 
 use super::bdev::Dev;
 use super::buf::NativeBuf;
-use super::reactor::{NativeRuntime, sleep};
+use super::reactor::{NativeRuntime, Reactor, sleep, spawn_local};
 use crate::control::{Replica, Role};
 use crate::engine::{BlockDevice, IoError};
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub struct Node {
@@ -195,4 +196,46 @@ impl Exported {
             },
         }
     }
+}
+
+static NEXT_REACTOR: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The reactor serving the transport connection (or virtqueue) whose thread this is.
+    static CONN_REACTOR: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Runs `ops` in order on the reactor of the calling transport thread (chosen round robin
+/// at its first request, as SPDK spreads qpairs over poll groups) and calls `done` from
+/// there with the last read's data, or the first error.
+pub fn submit(
+    ex: &Exported,
+    reactors: &[Reactor],
+    ops: Vec<BlockOp>,
+    done: impl FnOnce(Result<Vec<u8>, ExportError>) + Send + 'static,
+) {
+    let i = CONN_REACTOR.with(|c| match c.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT_REACTOR.fetch_add(1, Ordering::Relaxed);
+            c.set(Some(i));
+            i
+        }
+    });
+    let Some(r) = reactors.get(i % reactors.len().max(1)) else {
+        return done(Err(ExportError::Gone));
+    };
+    let ex = ex.clone();
+    r.send(move || {
+        spawn_local(async move {
+            let mut out = Ok(Vec::new());
+            for op in ops {
+                out = ex.run(op).await;
+                if out.is_err() {
+                    break;
+                }
+            }
+            done(out)
+        })
+    });
 }

@@ -4,8 +4,8 @@
 //! chosen round robin when the connection first submits, as SPDK spreads qpairs over
 //! poll groups.
 
-use super::node::{BlockOp, ExportError, Exported};
-use super::reactor::{Reactor, spawn_local};
+use super::node::{BlockOp, ExportError, Exported, submit};
+use super::reactor::Reactor;
 use crate::control::{EEXIST, EINVAL, ENODEV, RpcError};
 use crate::engine::IoError;
 use nvmf::driver::TargetServer;
@@ -14,11 +14,10 @@ use nvmf::target::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct NsBackend {
     exported: Exported,
@@ -26,13 +25,6 @@ struct NsBackend {
     block_size: u32,
     num_blocks: u64,
     vwc: bool,
-}
-
-static NEXT_REACTOR: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// The reactor serving the connection whose thread this is.
-    static CONN_REACTOR: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 fn ns_error(e: ExportError) -> NsError {
@@ -55,55 +47,28 @@ impl Backend for NsBackend {
         self.vwc
     }
     fn submit(&self, op: IoOp, done: IoDone) {
-        let op = match op {
-            IoOp::Read { lba, nblocks } => BlockOp::Read {
+        let ops = match op {
+            IoOp::Read { lba, nblocks } => vec![BlockOp::Read {
                 lba,
                 nblocks: nblocks.into(),
-            },
-            IoOp::Write { lba, data } => BlockOp::Write { lba, data },
-            IoOp::Flush => BlockOp::Flush,
-            IoOp::WriteZeroes { lba, nblocks } => BlockOp::WriteZeroes {
+            }],
+            IoOp::Write { lba, data } => vec![BlockOp::Write { lba, data }],
+            IoOp::Flush => vec![BlockOp::Flush],
+            IoOp::WriteZeroes { lba, nblocks } => vec![BlockOp::WriteZeroes {
                 lba,
                 nblocks: nblocks.into(),
-            },
-            IoOp::Deallocate { ranges } => {
-                // One request per range, in order; the first failure ends it.
-                let ex = self.exported.clone();
-                let r = self.reactor();
-                r.send(move || {
-                    spawn_local(async move {
-                        for (lba, n) in ranges {
-                            let op = BlockOp::Unmap {
-                                lba,
-                                nblocks: n.into(),
-                            };
-                            if let Err(e) = ex.run(op).await {
-                                return done(Err(ns_error(e)));
-                            }
-                        }
-                        done(Ok(Vec::new()))
-                    })
-                });
-                return;
-            }
+            }],
+            IoOp::Deallocate { ranges } => ranges
+                .into_iter()
+                .map(|(lba, n)| BlockOp::Unmap {
+                    lba,
+                    nblocks: n.into(),
+                })
+                .collect(),
         };
-        let ex = self.exported.clone();
-        self.reactor()
-            .send(move || spawn_local(async move { done(ex.run(op).await.map_err(ns_error)) }));
-    }
-}
-
-impl NsBackend {
-    fn reactor(&self) -> &Reactor {
-        let i = CONN_REACTOR.with(|c| match c.get() {
-            Some(i) => i,
-            None => {
-                let i = NEXT_REACTOR.fetch_add(1, Ordering::Relaxed);
-                c.set(Some(i));
-                i
-            }
+        submit(&self.exported, &self.reactors, ops, move |r| {
+            done(r.map_err(ns_error))
         });
-        &self.reactors[i % self.reactors.len()]
     }
 }
 
