@@ -54,6 +54,9 @@ pub fn firmware_log(fw: &str) -> Vec<u8> {
     b
 }
 
+/// Discovery log entry TREQ bit: SQ flow control disable supported.
+pub const TREQ_DISABLE_SQFLOW: u8 = 0x04;
+
 pub mod subtype {
     pub const DISCOVERY: u8 = 1;
     pub const NVME: u8 = 2;
@@ -78,8 +81,10 @@ impl DiscoveryEntry {
         put8(b, 0, 3); // TRTYPE: TCP
         put8(b, 1, self.adrfam);
         put8(b, 2, self.subtype);
-        // TREQ: secure channel not required, SQ flow control disable supported.
-        put8(b, 3, 0x02 | 0x04);
+        // TREQ: secure channel "not specified" (no TLS here) and SQ flow control disable
+        // supported, as Linux nvmet says it. nvme-cli 2.3 looks the whole TREQ value up in
+        // {0, 1, 2, 4}: "not required" + sqflow (0x06) printed as "unrecognized".
+        put8(b, 3, TREQ_DISABLE_SQFLOW);
         put16(b, 4, self.portid);
         put16(b, 6, self.cntlid);
         put16(b, 8, self.asqsz);

@@ -1,6 +1,7 @@
 //! Command capsules and host data: SGL checks, in-capsule data, R2T and in-order H2CData.
 
 use super::conn::{Cmd, TargetConn};
+use super::stats::Counters;
 use crate::nvme::Status;
 use crate::nvme::cmd::{Sqe, admin, sgl};
 use crate::nvme::fabrics::fctype;
@@ -18,6 +19,7 @@ impl TargetConn {
     }
 
     pub(crate) fn on_capsule(&mut self, sqe: Sqe, data: Vec<u8>) {
+        Counters::bump(&self.target.counters.capsules);
         if let Some(q) = &mut self.q {
             q.sqhd = (q.sqhd + 1) % q.qsize.max(1);
             // Bounded work per connection: a host may not exceed its queue size (AERs ride
@@ -56,6 +58,7 @@ impl TargetConn {
                     } else if data.len() < dptr.len as usize {
                         self.send_resp(sqe.cid, Status::SGL_LENGTH_INVALID, 0, 0);
                     } else {
+                        Counters::bump(&self.target.counters.in_capsule_writes);
                         self.execute(sqe, data);
                     }
                 }
@@ -105,6 +108,7 @@ impl TargetConn {
             r2tl: len,
         };
         pdu::encode_r2t(&mut self.tx, &r2t, &self.wire);
+        Counters::bump(&self.target.counters.r2ts);
         let buf = vec![0u8; len as usize];
         self.cmds.insert(
             sqe.cid,
@@ -118,6 +122,7 @@ impl TargetConn {
     }
 
     pub(crate) fn on_h2c_data(&mut self, d: pdu::H2CData) {
+        Counters::bump(&self.target.counters.h2c_data_pdus);
         let mut hdr = Vec::new();
         pdu::encode_h2c_data(
             &mut hdr,

@@ -4,6 +4,7 @@
 //! panics on network input and every buffer is bounded by the negotiated limits.
 
 use super::backend::{IoRequest, IoResult, NsError};
+use super::stats::Counters;
 use super::subsystem::{CtrlHandle, Target};
 use crate::nvme::cmd::{Cqe, Sqe, Status, admin};
 use crate::nvme::fabrics::{self, fctype};
@@ -300,6 +301,7 @@ impl TargetConn {
 
     pub(crate) fn term(&mut self, fes: Fes, fei: u32, header: &[u8], reason: &str) {
         pdu::encode_term_req(&mut self.tx, false, fes, fei, header);
+        Counters::bump(&self.target.counters.term_reqs);
         self.close(reason);
     }
 
@@ -322,6 +324,14 @@ impl TargetConn {
                     ddgst: r.ddgst,
                     pda: r.hpda,
                 };
+                let c = &self.target.counters;
+                Counters::bump(&c.connections);
+                if r.hdgst {
+                    Counters::bump(&c.hdgst_connections);
+                }
+                if r.ddgst {
+                    Counters::bump(&c.ddgst_connections);
+                }
                 self.dec.cfg.ic_done = true;
                 self.dec.cfg.hdgst = r.hdgst;
                 self.dec.cfg.ddgst = r.ddgst;
@@ -417,6 +427,10 @@ impl TargetConn {
             let last = i + 1 == n;
             let off = u32::try_from(i * chunk).unwrap_or(u32::MAX);
             pdu::encode_c2h_data(&mut self.tx, cid, off, c, last, success && last, &self.wire);
+            Counters::bump(&self.target.counters.c2h_data_pdus);
+        }
+        if success && n > 0 {
+            Counters::bump(&self.target.counters.c2h_success);
         }
         if !success {
             self.send_resp(cid, Status::SUCCESS, dw0, 0);

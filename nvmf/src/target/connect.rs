@@ -2,6 +2,7 @@
 //! Property Get/Set (CAP, VS, CC with enable/shutdown/reset, CSTS).
 
 use super::conn::{Outcome, QueueCtx, TargetConn};
+use super::stats::Counters;
 use super::subsystem::{CtrlHandle, CtrlState};
 use crate::nvme::cmd::{Sqe, Status};
 use crate::nvme::fabrics::{self, CATTR_DISABLE_SQ_FLOW, Connect, cc, csts, prop};
@@ -74,6 +75,7 @@ impl TargetConn {
                 }),
             });
             st.controllers.insert(id, h.clone());
+            Counters::bump(&self.target.counters.controllers);
             info!(cntlid = id, subnqn = %c.subnqn, hostnqn = %c.hostnqn, "controller created");
             h
         } else {

@@ -7,8 +7,10 @@ mod capsule;
 mod conn;
 mod connect;
 mod io;
+mod stats;
 mod subsystem;
 
 pub use backend::{Backend, IoDone, IoOp, IoRequest, IoResult, NsError, RamBackend};
 pub use conn::TargetConn;
+pub use stats::TargetStats;
 pub use subsystem::{ConfigError, NamespaceConfig, SubsystemConfig, Target, TargetConfig};

@@ -2,6 +2,7 @@
 //! hosts), listeners for the discovery log, and the controllers created by Connect.
 
 use super::backend::Backend;
+use super::stats::{Counters, TargetStats};
 use crate::nvme::fabrics::DISCOVERY_NQN;
 use crate::nvme::log::{DiscoveryEntry, subtype};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -206,6 +207,7 @@ pub(crate) struct TargetState {
 pub struct Target {
     pub(crate) cfg: TargetConfig,
     pub(crate) state: Mutex<TargetState>,
+    pub(crate) counters: Counters,
 }
 
 impl Target {
@@ -232,11 +234,17 @@ impl Target {
                 genctr: 0,
                 listeners: Vec::new(),
             }),
+            counters: Counters::default(),
         })
     }
 
     pub fn config(&self) -> &TargetConfig {
         &self.cfg
+    }
+
+    /// Protocol counters since the target was created.
+    pub fn stats(&self) -> TargetStats {
+        self.counters.snapshot()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, TargetState> {

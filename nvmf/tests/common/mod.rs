@@ -66,4 +66,5 @@ pub fn join_all<T>(futs: Vec<BoxFut<'_, T>>) -> Vec<T> {
     }));
     out.into_iter().map(|v| v.unwrap()).collect()
 }
+pub mod md5;
 pub mod raw;
