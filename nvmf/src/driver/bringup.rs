@@ -158,8 +158,11 @@ pub(crate) fn establish(
         "Identify",
     )?;
     let data = ControllerData::parse(&id);
+    // MDTS 0 means "no limit", but Linux nvmet (which says 0 on TCP) fails any command
+    // whose SGL is longer than its MAXH2CDATA (4 MiB) with Data SGL Length Invalid, reads
+    // included: without an MDTS, MAXH2CDATA is the transfer limit.
     let mdts_bytes = if data.mdts == 0 {
-        usize::MAX
+        admin_q.maxh2cdata()
     } else {
         4096usize
             .checked_shl(u32::from(data.mdts))
@@ -173,6 +176,8 @@ pub(crate) fn establish(
         io_queues: 0,
         queue_size: 0,
         max_transfer: o.max_transfer.min(mdts_bytes),
+        maxh2cdata: admin_q.maxh2cdata(),
+        in_capsule_data: 0,
     };
     if subnqn == DISCOVERY_NQN {
         return Ok(Session {
@@ -251,6 +256,7 @@ pub(crate) fn establish(
         ios.push(qp);
     }
     info.io_queues = ios.len();
+    info.in_capsule_data = icd;
     info.queue_size = qsize;
     Ok(Session {
         admin: admin_q,

@@ -74,6 +74,11 @@ pub struct ControllerInfo {
     pub queue_size: u16,
     /// Largest transfer per command (from MDTS, capped by the options).
     pub max_transfer: usize,
+    /// The controller's MAXH2CDATA (ICResp of the admin queue): larger writes are sent in
+    /// several H2CData PDUs.
+    pub maxh2cdata: usize,
+    /// In-capsule data the I/O queues accept (IOCCSZ × 16 − 64): larger writes wait for R2T.
+    pub in_capsule_data: usize,
 }
 
 impl ControllerInfo {

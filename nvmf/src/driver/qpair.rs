@@ -177,6 +177,10 @@ impl QPair {
         self.lock().failed.is_some()
     }
 
+    pub(crate) fn maxh2cdata(&self) -> usize {
+        self.lock().q.maxh2cdata()
+    }
+
     pub(crate) fn set_in_capsule_limit(&self, n: usize) {
         self.lock().q.set_in_capsule_limit(n);
     }

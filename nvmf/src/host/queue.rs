@@ -3,7 +3,7 @@
 //! R2T is answered here (H2CData split by the controller's MAXH2CDATA) and C2HData is
 //! reassembled into the command's read buffer, strictly in order and within bounds.
 
-use crate::nvme::cmd::{Cqe, Sgl, Sqe, Status, admin};
+use crate::nvme::cmd::{Cqe, Sgl, Sqe, Status, admin, flags};
 use crate::pdu::{self, DecodeError, Decoder, DecoderCfg, Fes, IcReq, Pdu, WireCfg, fei};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -158,6 +158,7 @@ impl HostQueue {
         }
         self.next_cid = cid.wrapping_add(1);
         sqe.cid = cid;
+        sqe.flags = (sqe.flags & !flags::PSDT_MASK) | flags::PSDT_SGL_MPTR_CONTIG;
         // Fabrics commands always carry their data in the capsule.
         let in_capsule =
             !write.is_empty() && (write.len() <= self.icd_limit || sqe.opcode == admin::FABRICS);
@@ -375,5 +376,41 @@ impl HostQueue {
             );
             off += n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdu::IcResp;
+
+    /// Regression (Linux nvmet rejected our Connect with Invalid Field): every command the
+    /// host sends says PSDT 01b (SGL, contiguous MPTR), whatever flags the caller set.
+    #[test]
+    fn commands_carry_psdt_sgl() {
+        let mut q = HostQueue::new(HostQueueConfig::default());
+        q.poll_transmit();
+        let mut resp = Vec::new();
+        pdu::encode_ic_resp(
+            &mut resp,
+            &IcResp {
+                pfv: 0,
+                cpda: 0,
+                hdgst: false,
+                ddgst: false,
+                maxh2cdata: 8192,
+            },
+        );
+        q.handle_input(&resp);
+        assert!(q.is_ready());
+        let mut sqe = Sqe::new(admin::FABRICS);
+        sqe.flags = 0x80;
+        q.submit(sqe, Bytes::from(vec![0u8; 1024]), 0).unwrap();
+        q.submit(Sqe::new(admin::KEEP_ALIVE), Bytes::new(), 0)
+            .unwrap();
+        let out = q.poll_transmit().unwrap();
+        let second = usize::from(out[3]).max(72) + 1024;
+        assert_eq!(out[pdu::CH_LEN + 1] & flags::PSDT_MASK, 0x40);
+        assert_eq!(out[second + pdu::CH_LEN + 1] & flags::PSDT_MASK, 0x40);
     }
 }

@@ -35,6 +35,14 @@ pub mod sgl {
     pub const TRANSPORT_DATA_BLOCK: u8 = 0x5A;
 }
 
+/// SQE flags byte (CDW0 bits 15:8): PSDT in bits 7:6. NVMe-oF commands must say
+/// 01b, "SGLs, MPTR is a contiguous buffer"; Linux nvmet fails any other value with
+/// Invalid Field (even Connect), SPDK's host and Linux's host always send 01b.
+pub mod flags {
+    pub const PSDT_MASK: u8 = 0xC0;
+    pub const PSDT_SGL_MPTR_CONTIG: u8 = 0x40;
+}
+
 /// A 16-byte SGL descriptor (DPTR for Fabrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sgl {

@@ -58,8 +58,11 @@ pub fn firmware_log(fw: &str) -> Vec<u8> {
 pub const TREQ_DISABLE_SQFLOW: u8 = 0x04;
 
 pub mod subtype {
+    /// A referral to another discovery controller.
     pub const DISCOVERY: u8 = 1;
     pub const NVME: u8 = 2;
+    /// The discovery controller answering (Linux nvmet lists itself this way).
+    pub const CURRENT_DISCOVERY: u8 = 3;
 }
 
 /// One discovery log entry (TCP).
