@@ -1,20 +1,26 @@
 //! Our initiator (`Controller`) against the Linux kernel NVMe/TCP target (nvmet-tcp,
 //! configured through configfs in a QEMU guest, null_blk memory-backed namespaces) reached
 //! through QEMU's host forwarding: discovery, connect, identify, several I/O queues, writes
-//! and reads from one block to above the target's MAXH2CDATA, byte-exact against a model of
-//! the namespace, queue depth > 1, flush, write zeroes, header/data digests in every
-//! combination, shutdown and reconnect (the data is still there).
+//! and reads from one block up to the target's transfer limit (its MAXH2CDATA: nvmet says
+//! MDTS 0 but fails longer commands), byte-exact against a model of the namespace, queue
+//! depth > 1, flush, write zeroes, header/data digests in every combination, keep alive,
+//! shutdown and a fresh association (the data is still there); and a reconnect after nvmet
+//! stops serving the subsystems and comes back, with I/O issued during the outage.
 //!
-//! One guest boot serves every check (boots are the expensive part under TCG).
+//! Two guest boots (boots are the expensive part under TCG).
 
 mod common;
 use common::{BoxFut, join_all, pattern};
+use guest_harness::HOST_ADDR_FROM_GUEST;
 use guest_harness::{Guest, NVMET_GUEST_PORT, free_port, guest_hostnqn};
 use nvmf::driver::block_on;
 use nvmf::driver::{ConnectOptions, Controller, Error, discover};
+use nvmf::host::ReconnectOpts;
 use nvmf::nvme::cmd::{Sqe, io};
 use nvmf::nvme::log::subtype;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const NQN1: &str = "nqn.2024-01.io.spdk-replication:nvmet-512";
@@ -153,19 +159,36 @@ fn queue_depth(c: &Controller, nsid: u32, m: &mut Model, first_lba: u64, seed: u
     }
 }
 
-#[test]
-fn our_initiator_against_linux_nvmet() {
-    if skip("our_initiator_against_linux_nvmet") {
-        return;
-    }
+/// Boots the guest target: NQN1 (64 MiB, 512-byte blocks) and NQN2 (32 MiB, 4 KiB blocks)
+/// on one nvmet-tcp port, forwarded from a free host port. With `ctl`, the guest also polls
+/// that host control server for `down` (unlink both subsystems from the port: nvmet ends
+/// their controllers and stops listening) and `up` (link them again).
+fn spawn_nvmet(ctl: Option<&Control>) -> (Guest, SocketAddr) {
     let port = free_port().unwrap();
-    let script = format!(
+    let mut script = format!(
         "nullb_create {NS1_MIB} 512 || exit 90\nD1=$NULLB\n\
          nullb_create {NS2_MIB} 4096 || exit 90\nD2=$NULLB\n\
          nvmet_target {NQN1} $D1 0.0.0.0 {NVMET_GUEST_PORT} 1 || exit 91\n\
-         nvmet_target {NQN2} $D2 0.0.0.0 {NVMET_GUEST_PORT} 1 || exit 92\n\
-         echo TARGETS_READY=1\nidle\n"
+         nvmet_target {NQN2} $D2 0.0.0.0 {NVMET_GUEST_PORT} 1 || exit 92\n"
     );
+    if let Some(c) = ctl {
+        script.push_str(&format!(
+            "CP={cp}\nC=/sys/kernel/config/nvmet\n\
+             while :; do\n\
+               c=$(echo next | nc {HOST_ADDR_FROM_GUEST} $CP)\n\
+               case \"$c\" in\n\
+                 down) rm $C/ports/1/subsystems/{NQN1} $C/ports/1/subsystems/{NQN2}\n\
+                       echo done-down | nc {HOST_ADDR_FROM_GUEST} $CP >/dev/null ;;\n\
+                 up) ln -s $C/subsystems/{NQN1} $C/ports/1/subsystems/{NQN1}\n\
+                     ln -s $C/subsystems/{NQN2} $C/ports/1/subsystems/{NQN2}\n\
+                     echo done-up | nc {HOST_ADDR_FROM_GUEST} $CP >/dev/null ;;\n\
+               esac\n\
+               sleep 0.2\n\
+             done &\n",
+            cp = c.port
+        ));
+    }
+    script.push_str("echo TARGETS_READY=1\nidle\n");
     let guest = Guest::builder()
         .script(script)
         .memory_mib(384)
@@ -176,7 +199,133 @@ fn our_initiator_against_linux_nvmet() {
     guest
         .wait_for_line("TARGETS_READY=1", Duration::from_secs(150))
         .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    (guest, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// The command waiting for the guest, and the acknowledgements received.
+type Pending = (Option<String>, Vec<String>);
+
+/// A line server the guest polls with busybox `nc` (its static `wget` crashes resolving):
+/// `next` is answered with the pending command (if any), `done-<command>` acknowledges it.
+struct Control {
+    port: u16,
+    state: Arc<(Mutex<Pending>, Condvar)>,
+}
+
+impl Control {
+    fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let state: Arc<(Mutex<Pending>, Condvar)> = Arc::default();
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.contains(&b'\n') {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&req);
+                let line = req.trim().to_string();
+                let body = {
+                    let mut g = st.0.lock().unwrap();
+                    let body = if line == "next" {
+                        g.0.take().unwrap_or_default()
+                    } else {
+                        g.1.push(line);
+                        String::new()
+                    };
+                    st.1.notify_all();
+                    body
+                };
+                let _ = writeln!(s, "{body}");
+            }
+        });
+        Self { port, state }
+    }
+
+    /// Hands `cmd` to the guest and waits until it says it is done.
+    fn run(&self, cmd: &str, guest: &Guest) {
+        let done = format!("done-{cmd}");
+        let (m, cv) = &*self.state;
+        let mut g = m.lock().unwrap();
+        g.0 = Some(cmd.to_string());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !g.1.contains(&done) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the guest did not run {cmd:?}\n{}\n{}",
+                guest.output(),
+                guest.console()
+            );
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+        g.1.retain(|d| *d != done);
+    }
+}
+
+#[test]
+fn our_initiator_reconnects_when_nvmet_comes_back() {
+    if skip("our_initiator_reconnects_when_nvmet_comes_back") {
+        return;
+    }
+    let ctl = Control::start();
+    let (guest, addr) = spawn_nvmet(Some(&ctl));
+    let o = ConnectOptions {
+        kato: Duration::from_secs(3),
+        reconnect: ReconnectOpts {
+            ctrlr_loss_timeout: Some(Duration::from_secs(60)),
+            reconnect_delay: Duration::from_millis(500),
+            fast_io_fail_timeout: None,
+        },
+        ..opts(false, false, 2)
+    };
+    let c = connect(addr, NQN1, o);
+    let mut m = Model::new(512, 2 * MIB);
+    m.write(&c, 1, 0, pattern(256 * 1024, 1));
+    let t = Instant::now();
+    ctl.run("down", &guest);
+    // nvmet ends the controller: we notice (socket closed or keep alive) and reconnect.
+    while c.is_connected() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never noticed the loss"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("loss noticed after {:?}: {:?}", t.elapsed(), c.link_state());
+    // I/O issued while the target is away waits, and completes once it is back.
+    let data = pattern(128 * 1024, 2);
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| c.blocking().write(1, 1024, data.clone()));
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(!h.is_finished(), "write finished while the target was down");
+        ctl.run("up", &guest);
+        h.join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("write across the outage: {e}\n{}", guest.console()));
+    });
+    m.data[1024 * 512..1024 * 512 + data.len()].copy_from_slice(&data);
+    assert!(c.reconnects() >= 1);
+    assert!(c.is_connected());
+    assert_eq!(c.info().io_queues, 2);
+    m.verify_all(&c, 1, "after the reconnect");
+    c.disconnect();
+    drop(guest);
+}
+
+#[test]
+fn our_initiator_against_linux_nvmet() {
+    if skip("our_initiator_against_linux_nvmet") {
+        return;
+    }
+    let (guest, addr) = spawn_nvmet(None);
     let t0 = Instant::now();
 
     // Discovery: both subsystems, on the guest-side listener (nvmet also lists itself, as
