@@ -1,8 +1,12 @@
 //! The Linux kernel NVMe/TCP initiator (Debian's cloud kernel, driven by Debian's nvme-cli in
 //! a QEMU guest) against our `TargetServer` on the host, reached at 10.0.2.2 through QEMU user
-//! networking: discovery, connect, id-ctrl, list, O_DIRECT writes larger than the in-capsule
-//! size (R2T + several H2CData) and reads split over several C2HData PDUs, flush, discard,
-//! header + data digests, a controller reset with I/O afterwards, disconnect.
+//! networking: discovery (with a subsystem this host may not see), connect, id-ctrl, list,
+//! O_DIRECT writes larger than the in-capsule size (R2T + several H2CData) and reads split
+//! over several C2HData PDUs, flush, discard, header + data digests with two I/O queues,
+//! controller resets (nvme reset, sysfs) with I/O afterwards, `connect-all` from our
+//! discovery log (SQ flow control disabled: C2HData SUCCESS) with parallel I/O, the target
+//! restarting under a connected host, the host frozen past its keep alive timeout, and a host
+//! that powers off still connected.
 //!
 //! Every byte is checked twice: md5 in the guest against what the host wrote (reads), and
 //! the RAM namespaces in the host against exactly what the guest wrote (writes), with the
@@ -259,6 +263,24 @@ fn parallel_reads(rs: &[GuestRead]) -> String {
     s
 }
 
+/// Serves `target` again on 127.0.0.1:`port` (the old listener's port may linger briefly),
+/// advertising the guest-reachable address only.
+fn restart(target: &Arc<Target>, port: u16) -> TargetServer {
+    let start = std::time::Instant::now();
+    let srv = loop {
+        match TargetServer::start(target.clone(), ("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("rebind port {port}: {e}"),
+        }
+    };
+    target.remove_listener(srv.local_addr());
+    srv
+}
+
 const PRELUDE: &str = r#"
 A=10.0.2.2
 H="--hostnqn=$HARNESS_HOSTNQN --hostid=$HARNESS_HOSTID"
@@ -368,6 +390,10 @@ fn linux_initiator_against_our_target() {
     ];
     let r3 = [r("R7", 2, MIB, 0, 1)];
     let r4 = [r("R8", 1, 128 * K, 5, 1)];
+    let w19 = w("W19", 1, 256 * K * 12, 256 * K, 270_000);
+    let w20 = w("W20", 2, 128 * K * 50, 128 * K, 280_000);
+    let r6 = [r("R14", 2, 256 * K, 30, 1)];
+    let w21 = w("W21", 1, 64 * K * 60, 64 * K, 290_000);
     // A 64 KiB discard in NS1 (Dataset Management, deallocate): reads as zeroes after.
     let discard = (7 * MIB + 512 * K, 64 * K);
     // Phase 3, `nvme connect-all -Q 256` (from the discovery log; TREQ lets it disable SQ
@@ -453,18 +479,94 @@ fn linux_initiator_against_our_target() {
     s.push_str(
         "nvme disconnect -n \"$NQN\" > /tmp/dc || { echo FAILED=disconnect3; exit 1; }\n\
          cat /tmp/dc\n\
-         echo ALL_DONE=1\n",
+         nvme connect -t tcp -a $A -s $P -n \"$NQN\" $H --reconnect-delay=1 --ctrl-loss-tmo=60 \
+             || { echo FAILED=connect4; exit 1; }\n\
+         find_devs || { echo FAILED=devices6; exit 1; }\n",
     );
+    // Phase 4: the target restarts under a connected kernel host, which reconnects; a write
+    // issued while it is away completes after the reconnect. Then the guest powers off
+    // still connected: the target must drop that controller by itself.
+    s.push_str(&w19.script());
+    let st = "/sys/class/nvme/${CTRL#/dev/}/state";
+    s.push_str(&format!(
+        "echo RESTART_ME=1\n\
+         _n=300; while [ \"$(cat {st})\" = live ]; do sleep 0.1; _n=$((_n - 1)); \
+             [ $_n -le 0 ] && {{ echo FAILED=never-lost; exit 1; }}; done\n\
+         echo LOST_STATE=$(cat {st})\n\
+         seq -w {first} {last} | head -c {len} > /tmp/W20\n\
+         echo GEN_W20=$(md5sum < /tmp/W20 | cut -d' ' -f1)\n\
+         ( dd if=/tmp/W20 of=$NS2 bs={len} count=1 seek={seek} oflag=direct 2>/dev/null; echo W20_RC=$? ) &\n\
+         _n=600; until [ \"$(cat {st})\" = live ]; do sleep 0.1; _n=$((_n - 1)); \
+             [ $_n -le 0 ] && {{ echo FAILED=not-live-after-restart; exit 1; }}; done\n\
+         wait\n\
+         echo RB_W20=$(rd $NS2 {len} {seek} 1)\n",
+        first = w20.first,
+        last = w20.first + (w20.len / 7) as u32 + 2,
+        len = w20.len,
+        seek = w20.off / w20.len,
+    ));
+    s.push_str(&r6[0].script());
+    // Phase 5: the host freezes the whole guest (SIGSTOP to QEMU) past its keep alive
+    // timeout: the target ends that controller by itself; once thawed, the kernel finds
+    // its association gone, reconnects, and I/O works.
+    s.push_str(&format!(
+        "echo FREEZE_ME=1\n\
+         _n=600; while [ \"$(cat {st})\" = live ]; do sleep 0.1; _n=$((_n - 1)); \
+             [ $_n -le 0 ] && {{ echo FAILED=never-lost-when-frozen; exit 1; }}; done\n\
+         echo THAWED_STATE=$(cat {st})\n\
+         _n=600; until [ \"$(cat {st})\" = live ]; do sleep 0.1; _n=$((_n - 1)); \
+             [ $_n -le 0 ] && {{ echo FAILED=not-live-after-thaw; exit 1; }}; done\n"
+    ));
+    s.push_str(&w21.script());
+    s.push_str("echo ALL_DONE=1\n");
 
-    let out = Guest::builder()
+    let guest = Guest::builder()
         .script(s)
         .append("nvme_core.admin_timeout=20")
         .append("nvme_core.io_timeout=20")
         .timeout(Duration::from_secs(170))
         .spawn()
-        .unwrap()
-        .wait()
         .unwrap();
+    guest
+        .wait_for_line("RESTART_ME=1", Duration::from_secs(150))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let before = target.controller_count();
+    srv.shutdown();
+    std::thread::sleep(Duration::from_millis(1500));
+    let srv = restart(&target, port);
+    guest
+        .wait_for_line("FREEZE_ME=1", Duration::from_secs(100))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let kato_before = target.stats().keep_alive_timeouts;
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &guest.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} QEMU");
+    };
+    signal("-STOP");
+    let frozen = std::time::Instant::now();
+    while target.controller_count() > 0 && frozen.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended_after = frozen.elapsed();
+    let kato_after = target.stats().keep_alive_timeouts;
+    signal("-CONT");
+    eprintln!("frozen guest's controller ended after {ended_after:?}");
+    assert_eq!(
+        target.controller_count(),
+        0,
+        "frozen host kept its controller"
+    );
+    assert_eq!(
+        kato_after,
+        kato_before + 1,
+        "ended by its keep alive timeout"
+    );
+    // Linux's default KATO is 5 s (and our timer may not fire before a full KATO passed).
+    assert!(ended_after >= Duration::from_secs(3), "{ended_after:?}");
+    let out = guest.wait().unwrap();
     let why = out.describe();
     eprintln!("guest ran {:?}\n{}", out.elapsed, out.output);
     out.check_success().unwrap();
@@ -509,7 +611,14 @@ fn linux_initiator_against_our_target() {
 
     // Reads: md5 in the guest of exactly what the host pre-filled.
     let fills = [&fill1, &fill2];
-    for x in r1.iter().chain(&r2).chain(&r3).chain(&r4).chain(&r5) {
+    for x in r1
+        .iter()
+        .chain(&r2)
+        .chain(&r3)
+        .chain(&r4)
+        .chain(&r5)
+        .chain(&r6)
+    {
         let want = md5_hex(&fills[x.ns as usize - 1][x.range()]);
         assert_eq!(
             out.value(x.tag),
@@ -522,7 +631,22 @@ fn linux_initiator_against_our_target() {
     // Writes: the guest read back what it wrote; the host's namespaces hold exactly the
     // pre-fill with every guest write (and the discard) on top, nothing else.
     let mut expect = [fill1.clone(), fill2.clone()];
-    for x in w1.iter().chain(&w2).chain(&w3).chain(&w5) {
+    assert_eq!(before, 1, "one controller before the restart");
+    assert_eq!(
+        out.value("W20_RC"),
+        Some("0"),
+        "write across the restart: {why}"
+    );
+    assert!(
+        matches!(out.value("LOST_STATE"), Some("connecting" | "resetting")),
+        "{why}"
+    );
+    assert!(
+        matches!(out.value("THAWED_STATE"), Some("connecting" | "resetting")),
+        "{why}"
+    );
+    let across = [w19, w20, w21];
+    for x in w1.iter().chain(&w2).chain(&w3).chain(&w5).chain(&across) {
         let data = x.expected();
         let md5 = md5_hex(&data);
         assert_eq!(
@@ -571,14 +695,16 @@ fn linux_initiator_against_our_target() {
     assert!(st.hdgst_connections >= 9, "{st:?}");
     assert!(st.ddgst_connections >= 9, "{st:?}");
     assert_eq!(st.term_reqs, 0, "{st:?}");
-    // discovery x2, phase 1, phase 2 + two resets, connect-all
-    assert!(st.controllers >= 7, "{st:?}");
-    // Every controller ended with its association.
+    // discovery x2, phase 1, phase 2 + two resets, connect-all, phase 4 + two reconnects
+    assert!(st.controllers >= 10, "{st:?}");
+    // Every controller ended with its association, the last one (left connected when the
+    // guest powered off) with its socket, while the target still serves.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while target.controller_count() > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(target.controller_count(), 0);
+    drop(srv);
 }
 
 #[test]

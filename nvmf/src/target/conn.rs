@@ -239,6 +239,7 @@ impl TargetConn {
             };
             if expired {
                 warn!(cntlid = ctrl.cntlid, "keep alive timeout: controller ends");
+                Counters::bump(&self.target.counters.keep_alive_timeouts);
                 self.end_controller();
                 self.close("keep alive timeout");
                 return;

@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub c2h_data_pdus: AtomicU64,
     pub c2h_success: AtomicU64,
     pub term_reqs: AtomicU64,
+    pub keep_alive_timeouts: AtomicU64,
 }
 
 impl Counters {
@@ -38,6 +39,7 @@ impl Counters {
             c2h_data_pdus: g(&self.c2h_data_pdus),
             c2h_success: g(&self.c2h_success),
             term_reqs: g(&self.term_reqs),
+            keep_alive_timeouts: g(&self.keep_alive_timeouts),
         }
     }
 }
@@ -64,4 +66,6 @@ pub struct TargetStats {
     pub c2h_success: u64,
     /// C2HTermReqs sent (fatal transport errors).
     pub term_reqs: u64,
+    /// Controllers ended because their keep alive timer expired.
+    pub keep_alive_timeouts: u64,
 }
