@@ -1,4 +1,7 @@
-//! The JSON-RPC socket of the native node (provisional: replaced by the `jsonrpc` crate).
+//! The JSON-RPC socket of the native node: a stream of JSON values per connection (split
+//! or coalesced reads, no delimiters needed), answered in order with the id echoed and
+//! SPDK's error objects; notifications get no answer. Batches and SPDK's size limits are
+//! not handled yet: the workspace's `jsonrpc` crate, being written, replaces this.
 
 use super::app::NativeNode;
 use serde_json::{Value, json};
