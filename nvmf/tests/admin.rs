@@ -180,6 +180,25 @@ fn log_pages_are_bounded_by_the_host_buffer() {
     );
 }
 
+/// Regression (nvme-cli `changed-ns-list-log` against our target failed with Invalid Log
+/// Page): OAES advertises namespace attribute notices, so log 0x04 must exist.
+#[test]
+fn changed_namespace_list_log_exists() {
+    let t = small_target();
+    let (mut a, _) = admin_conn(&t);
+    let mut id = identify::identify_cmd(cns::CONTROLLER, 0);
+    id.cid = 1;
+    let mut ch = log::get_log_cmd(log::lid::CHANGED_NS_LIST, 0, 4096);
+    ch.cid = 2;
+    let r = run(&mut a, &[id, ch]);
+    assert_ne!(
+        ControllerData::parse(&r[0].3).oaes & identify::OAES_NS_ATTR,
+        0
+    );
+    assert_eq!(r[1].1, Status::SUCCESS);
+    assert_eq!(r[1].3, vec![0u8; 4096], "no namespace changed");
+}
+
 #[test]
 fn controller_reset_ends_io_queues() {
     let t = small_target();

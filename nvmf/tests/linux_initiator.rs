@@ -390,6 +390,9 @@ fn linux_initiator_against_our_target() {
     ];
     let r3 = [r("R7", 2, MIB, 0, 1)];
     let r4 = [r("R8", 1, 128 * K, 5, 1)];
+    // nvme-cli write-zeroes and dsm (deallocate) on NS1, in blocks of 512 bytes.
+    let wz = (3 * MIB + 512 * K, 8 * K);
+    let dsm = (3 * MIB + 640 * K, 4 * K);
     let w19 = w("W19", 1, 256 * K * 12, 256 * K, 270_000);
     let w20 = w("W20", 2, 128 * K * 50, 128 * K, 280_000);
     let r6 = [r("R14", 2, 256 * K, 30, 1)];
@@ -415,6 +418,25 @@ fn linux_initiator_against_our_target() {
         w("W18", 1, 512 * 3000, 512, 260_000),
     ];
 
+    // The namespace image is rebuilt from the write list in list order: no write (or zeroed
+    // range) may overlap another. (Overlapping a read would only make the test fail.)
+    {
+        let writes = w1.iter().chain(&w2).chain(&w3).chain(&w5);
+        let mut changed: Vec<(u32, std::ops::Range<usize>, &str)> = writes
+            .chain([&w19, &w20, &w21])
+            .map(|x| (x.ns, x.off..x.off + x.len, x.tag))
+            .collect();
+        for (z, tag) in [(discard, "discard"), (wz, "write-zeroes"), (dsm, "dsm")] {
+            changed.push((1, z.0..z.0 + z.1, tag));
+        }
+        for (i, a) in changed.iter().enumerate() {
+            for b in &changed[i + 1..] {
+                let overlap = a.0 == b.0 && a.1.start < b.1.end && b.1.start < a.1.end;
+                assert!(!overlap, "{} overlaps {}", a.2, b.2);
+            }
+        }
+    }
+
     let mut s = format!("NQN='{NQN}'\nRNQN='{RESTRICTED_NQN}'\nP={port}\n{PRELUDE}");
     s.push_str(
         "nvme discover -t tcp -a $A -s $P $H > /tmp/disc 2>&1 || { cat /tmp/disc; echo FAILED=discover; exit 1; }\n\
@@ -433,6 +455,23 @@ fn linux_initiator_against_our_target() {
     );
     s.push_str(&format!("echo LIST_ROWS=$(grep -c '{SERIAL}' /tmp/list)\n"));
     s.push_str("id_ctrl P1 || { echo FAILED=id-ctrl; exit 1; }\n");
+    // Admin and I/O passthrough from nvme-cli: log pages, features, Write Zeroes, DSM.
+    s.push_str(&format!(
+        "for c in 'smart-log $CTRL' 'error-log $CTRL' 'fw-log $CTRL' 'changed-ns-list-log $CTRL' \
+             'get-feature $CTRL -f 7' 'get-feature $CTRL -f 0x0f' 'get-feature $CTRL -f 6' \
+             'get-feature $CTRL -f 0x0b' 'id-ns $NS1' 'ns-descs $NS2' 'list-ns $CTRL' \
+             'get-property $CTRL -o 0x1c' 'flush $NS2' \
+             'write-zeroes $NS1 -s {wz_lba} -c {wz_nlb0}' 'dsm $NS1 -d -s {dsm_lba} -b {dsm_n}'; do\n\
+           eval nvme $c > /tmp/o 2>&1; rc=$?\n\
+           [ $rc = 0 ] || {{ echo \"nvme $c:\"; cat /tmp/o; }}\n\
+           echo \"ADMIN_RC=$rc $c\"\n\
+         done\n\
+         echo KATO_FEATURE=$(nvme get-feature $CTRL -f 0x0f | sed 's/.*value://')\n",
+        wz_lba = wz.0 / 512,
+        wz_nlb0 = wz.1 / 512 - 1,
+        dsm_lba = dsm.0 / 512,
+        dsm_n = dsm.1 / 512,
+    ));
     r1.iter().for_each(|x| s.push_str(&x.script()));
     w1.iter().for_each(|x| s.push_str(&x.script()));
     s.push_str(
@@ -584,6 +623,14 @@ fn linux_initiator_against_our_target() {
         "{why}"
     );
     assert_eq!(out.value("RESTRICTED"), Some("refused"), "{why}");
+    let admin = out.values("ADMIN_RC");
+    assert_eq!(admin.len(), 15, "{why}");
+    assert!(
+        admin.iter().all(|v| v.starts_with("0 ")),
+        "{admin:?}\n{why}"
+    );
+    // Linux's default keep alive timeout, 5 s, as Get Features reports it.
+    assert_eq!(out.value("KATO_FEATURE"), Some("0x00001388"), "{why}");
 
     // Identify as the kernel and nvme-cli saw it.
     assert_eq!(out.value("LBS1"), Some("512"), "{why}");
@@ -664,6 +711,8 @@ fn linux_initiator_against_our_target() {
         expect[x.ns as usize - 1][x.off..x.off + x.len].copy_from_slice(&data);
     }
     expect[0][discard.0..discard.0 + discard.1].fill(0);
+    expect[0][wz.0..wz.0 + wz.1].fill(0);
+    expect[0][dsm.0..dsm.0 + dsm.1].fill(0);
     assert_eq!(
         out.value("DISCARDED"),
         Some(md5_hex(&vec![0u8; discard.1]).as_str()),
@@ -680,7 +729,10 @@ fn linux_initiator_against_our_target() {
     }
     assert!(ns1.flushes.load(Ordering::Relaxed) >= 2, "flushes on NS1");
     assert!(ns2.flushes.load(Ordering::Relaxed) >= 2, "flushes on NS2");
-    assert!(ns1.deallocs.load(Ordering::Relaxed) >= 1, "discard on NS1");
+    assert!(
+        ns1.deallocs.load(Ordering::Relaxed) >= 2,
+        "discard + dsm on NS1"
+    );
 
     // Which transport paths the kernel took.
     let st = target.stats();

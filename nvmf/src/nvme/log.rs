@@ -9,6 +9,8 @@ pub mod lid {
     pub const ERROR: u8 = 0x01;
     pub const SMART: u8 = 0x02;
     pub const FIRMWARE_SLOT: u8 = 0x03;
+    /// Changed Namespace List: required with OAES "namespace attribute notices".
+    pub const CHANGED_NS_LIST: u8 = 0x04;
     pub const DISCOVERY: u8 = 0x70;
 }
 

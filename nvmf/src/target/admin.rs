@@ -179,6 +179,9 @@ impl TargetConn {
             // One (empty) error information entry: ELPE is zero.
             lid::ERROR => vec![0u8; 64],
             lid::SMART => log::smart_log(),
+            // We advertise namespace attribute notices (OAES bit 8), which makes this page
+            // mandatory; no namespace ever changes under a controller yet: an empty list.
+            lid::CHANGED_NS_LIST if !ctrl.subsys.discovery => vec![0u8; 4096],
             lid::FIRMWARE_SLOT => log::firmware_log(env!("CARGO_PKG_VERSION")),
             lid::DISCOVERY if ctrl.subsys.discovery => {
                 let (genctr, entries) = self.target.discovery_entries(&ctrl.hostnqn);
