@@ -19,7 +19,9 @@ fn dispatch(method: &str, params: Option<Value>, reply: Reply) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/echo.sock".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/tmp/echo.sock".into());
     let server = Server::bind(&path, dispatch)?;
     eprintln!("listening on {path}; close stdin to stop");
     std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;

@@ -215,7 +215,10 @@ mod tests {
     #[test]
     fn number_needs_delimiter() {
         assert!(frames(b"12").is_empty());
-        assert_eq!(frames(b"12,"), vec![Ok("12".into()), Err("unexpected character")]);
+        assert_eq!(
+            frames(b"12,"),
+            vec![Ok("12".into()), Err("unexpected character")]
+        );
     }
 
     #[test]

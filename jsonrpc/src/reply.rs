@@ -113,7 +113,9 @@ impl Batch {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(part) = part {
             if st.out.len() + part.len() + 2 > MAX_RESPONSE_SIZE {
-                tracing::error!("batch response exceeds {MAX_RESPONSE_SIZE} bytes; element dropped");
+                tracing::error!(
+                    "batch response exceeds {MAX_RESPONSE_SIZE} bytes; element dropped"
+                );
             } else {
                 if st.responses > 0 {
                     st.out.push(b',');
@@ -209,7 +211,10 @@ impl Reply {
         }
         // A String always serializes.
         let message = serde_json::to_string(&message).unwrap_or_else(|_| "\"Error\"".into());
-        self.envelope("error", &format!("{{\"code\":{code},\"message\":{message}}}"))
+        self.envelope(
+            "error",
+            &format!("{{\"code\":{code},\"message\":{message}}}"),
+        )
     }
 
     fn envelope(&self, key: &str, body: &str) -> Vec<u8> {

@@ -107,7 +107,10 @@ fn item(members: Members<'_>) -> Item<'_> {
         return invalid;
     };
     if let Some(id) = id
-        && !matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))
+        && !matches!(
+            id.get().as_bytes().first(),
+            Some(b'"' | b'-' | b'0'..=b'9' | b'n')
+        )
     {
         return invalid;
     }
@@ -141,14 +144,20 @@ mod tests {
 
     #[test]
     fn rules() {
-        assert_eq!(one(r#"{"method":"m","id":1.50}"#), r#"call m None Some("1.50")"#);
+        assert_eq!(
+            one(r#"{"method":"m","id":1.50}"#),
+            r#"call m None Some("1.50")"#
+        );
         assert_eq!(one(r#"{"method":"m","params":null}"#), "call m None None");
         assert_eq!(one(r#"{"method":"m","id":1,"x":2}"#), "invalid None");
         assert_eq!(one(r#"{"method":"m","method":"m"}"#), "invalid None");
         assert_eq!(one(r#"{"jsonrpc":"1.0","method":"m"}"#), "invalid None");
         assert_eq!(one(r#"{"id":1}"#), "invalid None");
         assert_eq!(one(r#"{"method":"m","id":[1]}"#), "invalid None");
-        assert_eq!(one(r#"{"method":"m","id":7,"params":3}"#), r#"invalid Some("7")"#);
+        assert_eq!(
+            one(r#"{"method":"m","id":7,"params":3}"#),
+            r#"invalid Some("7")"#
+        );
         assert_eq!(one(r#""x""#), "invalid None");
         assert_eq!(one("[]"), "invalid None");
         assert_eq!(one("[1,{}]"), "batch 2");

@@ -111,8 +111,7 @@ impl Server {
         self.shared.slot_free.notify_all();
         // Wake the blocking accept() with a connection of our own, but only
         // if the file is still our socket (else join could wait forever).
-        let ours = std::fs::metadata(&self.path)
-            .is_ok_and(|m| (m.dev(), m.ino()) == self.inode);
+        let ours = std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode);
         if ours && UnixStream::connect(&self.path).is_ok() {
             let _ = accept.join();
         }
@@ -190,7 +189,11 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>, dispatch: Arc<dyn Di
     }
 }
 
-fn start_conn(stream: UnixStream, shared: &Arc<Shared>, dispatch: &Arc<dyn Dispatch>) -> io::Result<()> {
+fn start_conn(
+    stream: UnixStream,
+    shared: &Arc<Shared>,
+    dispatch: &Arc<dyn Dispatch>,
+) -> io::Result<()> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let conn = Arc::new(Conn::new(tx));
     let mut writer = stream.try_clone()?;
@@ -290,7 +293,10 @@ fn serve(mut stream: UnixStream, conn: &Arc<Conn>, dispatch: &dyn Dispatch) {
         }
         End::ParseError => {}
         End::TooLarge => {
-            tracing::warn!(limit = MAX_REQUEST_SIZE, "RPC request too large; closing connection");
+            tracing::warn!(
+                limit = MAX_REQUEST_SIZE,
+                "RPC request too large; closing connection"
+            );
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Read);

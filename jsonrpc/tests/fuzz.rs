@@ -82,7 +82,12 @@ proptest! {
 #[test]
 fn endless_value_is_cut_off() {
     let srv = server();
-    for unit in [&b"[["[..], b"\"xxxxxxxxxxxxxxxx", b"1111111111111111", b"   "] {
+    for unit in [
+        &b"[["[..],
+        b"\"xxxxxxxxxxxxxxxx",
+        b"1111111111111111",
+        b"   ",
+    ] {
         let mut s = connect(&srv);
         s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         let start = if unit[0] == b'1' { &b"[1"[..] } else { b"" };

@@ -37,13 +37,21 @@ fn spdk_rpc_client() {
     let srv = server();
 
     let out = run(&rpc, srv.path(), &["spdk_get_version"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v["version"], "SPDK v26.09 native");
     assert_eq!(v["fields"]["major"], 26);
 
     let out = run(&rpc, srv.path(), &["rpc_get_methods"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v, serde_json::json!(METHODS));
 
@@ -56,5 +64,8 @@ fn spdk_rpc_client() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(err.contains("-32601") && err.contains("Method not found"), "{err}");
+    assert!(
+        err.contains("-32601") && err.contains("Method not found"),
+        "{err}"
+    );
 }

@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 fn response_is_one_line_in_spdk_member_order() {
     let srv = server();
     let mut s = connect(&srv);
-    send(&mut s, br#"{"jsonrpc":"2.0","method":"echo","params":{"a":1},"id":1}"#);
+    send(
+        &mut s,
+        br#"{"jsonrpc":"2.0","method":"echo","params":{"a":1},"id":1}"#,
+    );
     let (_, raw) = read_values(&mut s, 1);
     assert_eq!(raw, "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"a\":1}}\n");
 }
@@ -28,7 +31,10 @@ fn split_byte_by_byte() {
         s.flush().unwrap();
     }
     let (v, _) = read_values(&mut s, 1);
-    assert_eq!(v, vec![json!({"jsonrpc":"2.0","id":"s-1","result":[1,"x"]})]);
+    assert_eq!(
+        v,
+        vec![json!({"jsonrpc":"2.0","id":"s-1","result":[1,"x"]})]
+    );
 }
 
 #[test]
@@ -52,7 +58,10 @@ fn id_echoed_byte_for_byte() {
     send(&mut s, br#"{"method":"echo","id":1.50}{"method":"echo","id":123456789012345678901234567890}{"method":"echo","id":"\u00e9x"}"#);
     let (_, raw) = read_values(&mut s, 3);
     assert!(raw.contains(r#""id":1.50,"#), "{raw}");
-    assert!(raw.contains(r#""id":123456789012345678901234567890,"#), "{raw}");
+    assert!(
+        raw.contains(r#""id":123456789012345678901234567890,"#),
+        "{raw}"
+    );
     assert!(raw.contains(r#""id":"\u00e9x","#), "{raw}");
 }
 
@@ -70,7 +79,10 @@ fn batch() {
     // The notification's result is not sent; the invalid element's error is.
     assert_eq!(arr.len(), 3, "{raw}");
     assert_eq!(arr[0], json!({"jsonrpc":"2.0","id":1,"result":[1]}));
-    assert_eq!(arr[1]["error"], json!({"code":-32600,"message":"Invalid request"}));
+    assert_eq!(
+        arr[1]["error"],
+        json!({"code":-32600,"message":"Invalid request"})
+    );
     assert_eq!(arr[1]["id"], Value::Null);
     assert_eq!(arr[2]["error"]["code"], -32601);
     assert_eq!(arr[2]["id"], 3);
@@ -96,7 +108,10 @@ fn notifications() {
     let srv = server();
     let mut s = connect(&srv);
     // No result for a notification, nor for an all-notification batch.
-    send(&mut s, br#"{"method":"echo"} {"method":"echo","id":null} [{"method":"echo"}]"#);
+    send(
+        &mut s,
+        br#"{"method":"echo"} {"method":"echo","id":null} [{"method":"echo"}]"#,
+    );
     assert!(quiet(&mut s));
     // Errors are sent even for notifications, with id null, as SPDK does.
     send(&mut s, br#"{"method":"nope"}"#);
@@ -107,7 +122,12 @@ fn notifications() {
 
 #[test]
 fn bad_json_answers_parse_error_and_closes() {
-    for bad in [&b"{\"method\":\"echo\" \"id\":1}"[..], b"}", b"{\"a\":tru}", b"[\xff]"] {
+    for bad in [
+        &b"{\"method\":\"echo\" \"id\":1}"[..],
+        b"}",
+        b"{\"a\":tru}",
+        b"[\xff]",
+    ] {
         let srv = server();
         let mut s = connect(&srv);
         send(&mut s, br#"{"method":"echo","id":1}"#);
@@ -151,7 +171,17 @@ fn invalid_requests() {
     assert_eq!(v.len(), 6);
     let ids: Vec<_> = v.iter().map(|r| r["id"].clone()).collect();
     // SPDK only echoes the id once method and id are accepted.
-    assert_eq!(ids, [Value::Null, Value::Null, Value::Null, Value::Null, json!(5), Value::Null]);
+    assert_eq!(
+        ids,
+        [
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            json!(5),
+            Value::Null
+        ]
+    );
     assert!(v.iter().all(|r| r["error"]["code"] == -32600));
 }
 
@@ -164,9 +194,18 @@ fn errors_pass_through_and_unanswered_replies() {
         br#"{"method":"fail","id":1}{"method":"drop","id":2}{"method":"panic","id":3}{"method":"spdk_get_version","params":{},"id":4}{"method":"echo","id":5}"#,
     );
     let (v, _) = read_values(&mut s, 5);
-    assert_eq!(v[0]["error"], json!({"code":-19,"message":"No such device"}));
-    assert_eq!(v[1]["error"], json!({"code":-32603,"message":"Internal error"}));
-    assert_eq!(v[2]["error"], json!({"code":-32603,"message":"Internal error"}));
+    assert_eq!(
+        v[0]["error"],
+        json!({"code":-19,"message":"No such device"})
+    );
+    assert_eq!(
+        v[1]["error"],
+        json!({"code":-32603,"message":"Internal error"})
+    );
+    assert_eq!(
+        v[2]["error"],
+        json!({"code":-32603,"message":"Internal error"})
+    );
     assert_eq!(v[3]["error"]["code"], -32602);
     assert_eq!(v[4]["id"], 5);
 }
@@ -175,7 +214,10 @@ fn errors_pass_through_and_unanswered_replies() {
 fn pipelined_replies_in_completion_order() {
     let srv = server();
     let mut s = connect(&srv);
-    send(&mut s, br#"{"method":"later","params":{"ms":200},"id":1}{"method":"echo","id":2}"#);
+    send(
+        &mut s,
+        br#"{"method":"later","params":{"ms":200},"id":1}{"method":"echo","id":2}"#,
+    );
     let (v, _) = read_values(&mut s, 2);
     assert_eq!(v[0]["id"], 2);
     assert_eq!(v[1]["id"], 1);
@@ -203,7 +245,10 @@ fn huge_request_closes_without_reply() {
     // A request just under the limit is served.
     let mut s = connect(&srv);
     let pad = "x".repeat(MAX_REQUEST_SIZE - 64);
-    send(&mut s, format!(r#"{{"method":"echo","params":["{pad}"],"id":1}}"#).as_bytes());
+    send(
+        &mut s,
+        format!(r#"{{"method":"echo","params":["{pad}"],"id":1}}"#).as_bytes(),
+    );
     let (v, _) = read_values(&mut s, 1);
     assert_eq!(v[0]["result"][0].as_str().map(str::len), Some(pad.len()));
 }

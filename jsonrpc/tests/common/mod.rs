@@ -66,7 +66,8 @@ pub fn server() -> Server {
 
 pub fn connect(server: &Server) -> UnixStream {
     let s = UnixStream::connect(server.path()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     s
 }
 
