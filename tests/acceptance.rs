@@ -268,6 +268,7 @@ fn case09_frozen_secondary_times_out_and_keeps_buffer_alive() {
     let (local, remote) = (test_disk(BS, BLOCKS), test_disk(BS, BLOCKS));
     let cfg = PrimaryConfig {
         remote_timeout: Duration::from_millis(250),
+        ..Default::default()
     };
     let p = Primary::new(local.clone(), remote.clone(), cfg).unwrap();
     p.start(None).unwrap();

@@ -273,6 +273,7 @@ fn create_parameters_are_bounded() {
     let disk = || test_disk(BS, BLOCKS);
     let cfg = |ms: u64| PrimaryConfig {
         remote_timeout: Duration::from_millis(ms),
+        ..Default::default()
     };
     let e = Primary::new(disk(), disk(), cfg(MAX_REMOTE_TIMEOUT_MS + 1))
         .err()

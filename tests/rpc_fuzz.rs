@@ -74,6 +74,9 @@ const FIELDS: &[&str] = &[
     "active_bdev",
     "ingress_name",
     "cow_granularity",
+    "sync_granularity",
+    "sync",
+    "full",
     "force",
     "failover",
 ];

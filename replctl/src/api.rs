@@ -16,6 +16,8 @@ pub const CHECKPOINT: &str = "bdev_replication_checkpoint";
 pub const STOP: &str = "bdev_replication_stop";
 pub const GET_ERROR: &str = "bdev_replication_get_error";
 pub const GET_STATUS: &str = "bdev_replication_get_status";
+pub const RESYNC: &str = "bdev_replication_resync";
+pub const VERIFY: &str = "bdev_replication_verify";
 
 /// Role of a replication bdev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -147,6 +149,42 @@ pub struct StartParams {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Primary: `none` (the disks are equal) or `full` (copy the whole disk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncMode>,
+}
+
+/// `bdev_replication_start`'s `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    None,
+    Full,
+}
+
+/// Params of `bdev_replication_resync`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResyncParams {
+    pub name: String,
+    pub full: bool,
+}
+
+/// Params of `bdev_replication_verify`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyParams {
+    pub name: String,
+}
+
+/// A primary's `sync` status (sync, resync and verify progress).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Sync {
+    pub state: String,
+    pub total_bytes: u64,
+    pub done_bytes: u64,
+    pub dirty_bytes: u64,
+    pub mismatches: u64,
+    #[serde(default)]
+    pub first_mismatches: Vec<u64>,
 }
 
 /// Params of `bdev_replication_stop`. `failover` is always sent so the
@@ -181,6 +219,9 @@ pub struct Status {
     #[serde(default)]
     pub counters: Map<String, Value>,
     pub merge: Option<Merge>,
+    /// Primaries only.
+    #[serde(default)]
+    pub sync: Option<Sync>,
 }
 
 /// Progress of the secondary's failover merge of the active image into the base.

@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::api::{
-    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, Request, StartParams,
-    StopParams,
+    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, Request, ResyncParams,
+    StartParams, StopParams, SyncMode, VerifyParams,
 };
 use crate::client::DEFAULT_SOCKET;
 
@@ -50,6 +50,28 @@ pub enum Command {
         /// Mode to start replication in
         #[arg(long)]
         mode: Option<Mode>,
+        /// Primary: `full` copies the whole local disk to the remote in the background
+        #[arg(long)]
+        sync: Option<SyncMode>,
+    },
+    /// Re-establish a primary's broken link and copy the dirty regions
+    Resync {
+        /// Replication bdev name
+        name: String,
+        /// Copy every region, not only the dirty ones
+        #[arg(long)]
+        full: bool,
+        /// Wait, showing progress, until the copy has finished
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Compare a primary's local and remote disks online; mismatches become dirty
+    Verify {
+        /// Replication bdev name
+        name: String,
+        /// Wait, showing progress, until the compare has finished
+        #[arg(long)]
+        wait: bool,
     },
     /// Take a checkpoint (all bdevs if NAME is omitted)
     Checkpoint {
@@ -152,13 +174,24 @@ impl Command {
                     force: *force,
                 },
             ),
-            Command::Start { name, mode } => Request::new(
+            Command::Start { name, mode, sync } => Request::new(
                 api::START,
                 &StartParams {
                     name: name.clone(),
                     mode: *mode,
+                    sync: *sync,
                 },
             ),
+            Command::Resync { name, full, .. } => Request::new(
+                api::RESYNC,
+                &ResyncParams {
+                    name: name.clone(),
+                    full: *full,
+                },
+            ),
+            Command::Verify { name, .. } => {
+                Request::new(api::VERIFY, &VerifyParams { name: name.clone() })
+            }
             Command::Checkpoint { name } => Request::new(api::CHECKPOINT, &name_params(name)),
             Command::Stop { name, failover, .. } => Request::new(
                 api::STOP,
@@ -503,5 +536,36 @@ mod tests {
         assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(cli.timeout, 5);
         assert!(Cli::try_parse_from(["replctl", "-t", "0", "status"]).is_err());
+    }
+
+    #[test]
+    fn resync_verify_and_start_sync_map_to_their_requests() {
+        let req = |args: &[&str]| {
+            let mut v = vec!["replctl"];
+            v.extend_from_slice(args);
+            let r = Cli::try_parse_from(v).unwrap().command.request().unwrap();
+            (r.method, r.params)
+        };
+        assert_eq!(
+            req(&["resync", "p0", "--full", "--wait"]),
+            (
+                "bdev_replication_resync".to_owned(),
+                Some(serde_json::json!({"name": "p0", "full": true}))
+            )
+        );
+        assert_eq!(
+            req(&["verify", "p0"]),
+            (
+                "bdev_replication_verify".to_owned(),
+                Some(serde_json::json!({"name": "p0"}))
+            )
+        );
+        assert_eq!(
+            req(&["start", "p0", "--sync", "full"]),
+            (
+                "bdev_replication_start".to_owned(),
+                Some(serde_json::json!({"name": "p0", "sync": "full"}))
+            )
+        );
     }
 }

@@ -56,6 +56,12 @@ fn run(cli: &Cli, request: &Request) -> anyhow::Result<()> {
         Command::Delete { .. } | Command::Start { .. } | Command::Checkpoint { .. } => {
             expect_true(&mut client, request)?;
         }
+        Command::Resync { name, wait, .. } | Command::Verify { name, wait } => {
+            expect_true(&mut client, request)?;
+            if *wait {
+                wait_for_sync(&mut client, name, &mut out)?;
+            }
+        }
         Command::Stop { name, wait, .. } => {
             expect_true(&mut client, request)?;
             if *wait {
@@ -92,6 +98,77 @@ fn expect_true(client: &mut Client, request: &Request) -> anyhow::Result<()> {
         bail!("{}: server returned false", request.method);
     }
     Ok(())
+}
+
+/// Polls a primary's status until its sync or verify has ended, drawing a byte progress
+/// bar on a terminal and plain lines otherwise; fails when the job stopped short.
+fn wait_for_sync(client: &mut Client, name: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let request = Request::new(
+        api::GET_STATUS,
+        &NameParams {
+            name: Some(name.to_owned()),
+        },
+    );
+    let bar = io::stderr().is_terminal().then(|| {
+        let style = ProgressStyle::with_template(
+            "{spinner} {msg} [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .expect("template is valid");
+        ProgressBar::new(0).with_style(style)
+    });
+    let mut last = String::new();
+    loop {
+        let statuses: Vec<Status> = client.call_as(&request)?;
+        let Some(s) = statuses.first().and_then(|s| s.sync.clone()) else {
+            bail!("{name}: not a primary (no sync status)");
+        };
+        if s.state == "syncing" || s.state == "verifying" {
+            match &bar {
+                Some(bar) => {
+                    bar.set_message(s.state.clone());
+                    bar.set_length(s.total_bytes);
+                    bar.set_position(s.done_bytes);
+                }
+                None => {
+                    let line = format!(
+                        "{name}: {}: {}/{} bytes",
+                        s.state, s.done_bytes, s.total_bytes
+                    );
+                    if line != last {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                }
+            }
+            thread::sleep(POLL_INTERVAL);
+            continue;
+        }
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let error = statuses.first().and_then(|st| st.error.clone());
+        writeln!(
+            out,
+            "{name}: {}: {} bytes done, {} bytes dirty, {} mismatches{}",
+            s.state,
+            s.done_bytes,
+            s.dirty_bytes,
+            s.mismatches,
+            if s.first_mismatches.is_empty() {
+                String::new()
+            } else {
+                format!(" (first at byte offsets {:?})", s.first_mismatches)
+            }
+        )?;
+        if s.state == "out_of_sync" && s.mismatches == 0 {
+            bail!(
+                "{name}: the sync stopped with {} bytes still dirty ({})",
+                s.dirty_bytes,
+                error.as_deref().unwrap_or("no error reported")
+            );
+        }
+        return Ok(());
+    }
 }
 
 /// Polls the status until every secondary has merged (or one failed),

@@ -135,6 +135,7 @@ mod tests {
                 total_bytes,
                 done_bytes,
             }),
+            sync: None,
         }
     }
 

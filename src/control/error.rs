@@ -42,7 +42,10 @@ impl RpcError {
         let code = match e {
             ReplicationError::NotRunning
             | ReplicationError::RunningOrDone
-            | ReplicationError::UnmergedData => EPERM,
+            | ReplicationError::UnmergedData
+            | ReplicationError::WrongStage { .. }
+            | ReplicationError::LinkBroken => EPERM,
+            ReplicationError::Busy(_) => EBUSY,
             ReplicationError::Io => EIO,
             ReplicationError::ModeMismatch { .. } | ReplicationError::InvalidParam { .. } => EINVAL,
         };

@@ -4,8 +4,10 @@
 //! rollback, stage rules, `*_all`, delete policy, status) is decided here, once.
 
 use super::error::{EEXIST, EINVAL, METHOD_NOT_FOUND, RpcError};
-use super::params::{CreateParams, DeleteParams, OptName, StartParams, StopParams, decode};
-use super::replica::{Control, Replica};
+use super::params::{
+    CreateParams, DeleteParams, NameParams, OptName, ResyncParams, StartParams, StopParams, decode,
+};
+use super::replica::{Control, Replica, Task};
 use crate::engine::BlockDevice;
 use futures::future::LocalBoxFuture;
 use serde_json::Value;
@@ -35,6 +37,10 @@ pub trait Host {
     /// Runs [`Replica::run_merge`] of `node` as a background task (on the calling
     /// reactor), pausing with the host's timers when it backs off.
     fn spawn_merge(&self, node: Arc<Self::Node>);
+    /// Runs [`Replica::run_job`] of `node` (a primary's sync or verify) as a background
+    /// task on the calling reactor, with the host's timers for the remote timeout; pauses
+    /// as asked between regions (a reactor turn, or ~1 ms to back off).
+    fn spawn_sync(&self, node: Arc<Self::Node>);
     /// A secondary reached `done`: drop the claims on its overlays (spec 5.5) so they can
     /// be deleted or reused without touching the top. Idempotent. A host's merge task
     /// calls it too when the merge completes.
@@ -51,6 +57,8 @@ pub const METHODS: &[&str] = &[
     "bdev_replication_stop",
     "bdev_replication_get_error",
     "bdev_replication_get_status",
+    "bdev_replication_resync",
+    "bdev_replication_verify",
 ];
 
 /// Answers one `bdev_replication_*` call.
@@ -64,7 +72,11 @@ pub async fn handle<H: Host>(
         "bdev_replication_delete" => delete(host, decode(params)?).await,
         "bdev_replication_start" => {
             let p: StartParams = decode(params)?;
-            run_control(host, p.name, Control::Start(p.mode)).await
+            let op = Control::Start {
+                mode: p.mode,
+                sync: p.sync,
+            };
+            run_control(host, p.name, op).await
         }
         "bdev_replication_checkpoint" => {
             let p: OptName = decode(params)?;
@@ -79,6 +91,20 @@ pub async fn handle<H: Host>(
         }
         "bdev_replication_get_error" => list(host, decode(params)?, Replica::get_error),
         "bdev_replication_get_status" => list(host, decode(params)?, Replica::status),
+        "bdev_replication_resync" => {
+            let p: ResyncParams = decode(params)?;
+            let node = find(host, &p.name).ok_or_else(|| RpcError::no_such_replica(&p.name))?;
+            node.as_ref().as_ref().resync(p.full)?;
+            host.spawn_sync(node);
+            Ok(Value::Bool(true))
+        }
+        "bdev_replication_verify" => {
+            let p: NameParams = decode(params)?;
+            let node = find(host, &p.name).ok_or_else(|| RpcError::no_such_replica(&p.name))?;
+            node.as_ref().as_ref().verify()?;
+            host.spawn_sync(node);
+            Ok(Value::Bool(true))
+        }
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!("Method not found: {other}"),
@@ -180,8 +206,11 @@ async fn run_control<H: Host>(
 ) -> Result<Value, RpcError> {
     for node in targets(host, name.as_deref())? {
         let r = node.as_ref().as_ref();
-        if r.control(op).await? {
+        let task = r.control(op).await?;
+        if task == Task::Merge {
             host.spawn_merge(node.clone());
+        } else if task == Task::Job {
+            host.spawn_sync(node.clone());
         } else if r.secondary().is_some() && r.stage() == crate::engine::Stage::Done {
             host.release_overlays(&node);
         }

@@ -14,5 +14,7 @@ pub use error::{
 };
 pub use host::Host;
 pub use host::{METHODS, create, delete, find, handle};
-pub use params::{CreateParams, DeleteParams, OptName, StartParams, StopParams, decode};
-pub use replica::{Control, Replica, Role};
+pub use params::{
+    CreateParams, DeleteParams, NameParams, OptName, ResyncParams, StartParams, StopParams, decode,
+};
+pub use replica::{Control, Replica, Role, Task};

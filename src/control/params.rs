@@ -3,8 +3,8 @@
 
 use super::error::{INVALID_PARAMS, RpcError};
 use crate::engine::{
-    DEFAULT_COW_GRANULARITY, DEFAULT_REMOTE_TIMEOUT_MS, MAX_COW_GRANULARITY, MAX_REMOTE_TIMEOUT_MS,
-    Mode,
+    DEFAULT_COW_GRANULARITY, DEFAULT_REMOTE_TIMEOUT_MS, DEFAULT_SYNC_GRANULARITY,
+    MAX_COW_GRANULARITY, MAX_REMOTE_TIMEOUT_MS, MAX_SYNC_GRANULARITY, Mode, SyncMode,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -30,6 +30,9 @@ pub struct CreateParams {
     pub ingress_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cow_granularity: Option<u64>,
+    /// Primary: bytes per dirty-map region (docs/protection.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_granularity: Option<u64>,
 }
 
 /// Parameter names and whether each was given.
@@ -74,6 +77,7 @@ impl CreateParams {
                     ("local_bdev", self.local_bdev.is_some()),
                     ("remote_bdev", self.remote_bdev.is_some()),
                     ("remote_timeout_ms", self.remote_timeout_ms.is_some()),
+                    ("sync_granularity", self.sync_granularity.is_some()),
                 ],
             ),
         };
@@ -101,6 +105,15 @@ impl CreateParams {
                     return Err(RpcError::invalid(
                         "remote_timeout_ms",
                         format!("must be between 1 and {MAX_REMOTE_TIMEOUT_MS}, got {ms}"),
+                    ));
+                }
+                let g = *self
+                    .sync_granularity
+                    .get_or_insert(DEFAULT_SYNC_GRANULARITY);
+                if !g.is_power_of_two() || g > MAX_SYNC_GRANULARITY {
+                    return Err(RpcError::invalid(
+                        "sync_granularity",
+                        format!("{g} must be a power of two, at most {MAX_SYNC_GRANULARITY}"),
                     ));
                 }
             }
@@ -170,6 +183,23 @@ pub struct OptName {
 pub struct StartParams {
     pub name: Option<String>,
     pub mode: Option<Mode>,
+    /// Primary only: `"none"` (default) or `"full"`.
+    pub sync: Option<SyncMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncParams {
+    pub name: String,
+    /// Copy every region, not only the dirty ones.
+    #[serde(default)]
+    pub full: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameParams {
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize)]

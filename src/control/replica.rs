@@ -4,10 +4,21 @@
 use super::error::RpcError;
 use super::params::CreateParams;
 use crate::engine::{
-    BlockDevice, MergeStep, Mode, Primary, PrimaryConfig, ReplicationError, Secondary, Stage,
+    BlockDevice, JobStep, MergeStep, Mode, Primary, PrimaryConfig, ReplicationError, Runtime,
+    Secondary, Stage, SyncMode,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
+
+/// A background task a control operation started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    None,
+    /// The failover merge ([`Replica::run_merge`]).
+    Merge,
+    /// A primary's sync or verify ([`Replica::run_job`]).
+    Job,
+}
 
 #[allow(clippy::large_enum_variant)] // one per replication bdev
 pub enum Role<D: BlockDevice> {
@@ -33,9 +44,14 @@ impl<D: BlockDevice> AsRef<Replica<D>> for Replica<D> {
 /// A control operation on one replication bdev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Start(Option<Mode>),
+    Start {
+        mode: Option<Mode>,
+        sync: Option<SyncMode>,
+    },
     Checkpoint,
-    Stop { failover: bool },
+    Stop {
+        failover: bool,
+    },
 }
 
 impl<D: BlockDevice + Clone> Replica<D> {
@@ -56,6 +72,9 @@ impl<D: BlockDevice + Clone> Replica<D> {
                     remote_timeout: Duration::from_millis(
                         params.remote_timeout_ms.unwrap_or_default(),
                     ),
+                    sync_granularity: params
+                        .sync_granularity
+                        .unwrap_or(crate::engine::DEFAULT_SYNC_GRANULARITY),
                 },
             )?),
         };
@@ -87,18 +106,70 @@ impl<D: BlockDevice + Clone> Replica<D> {
         }
     }
 
-    /// Runs `op`. `Ok(true)`: this call started a failover merge, which the caller must
-    /// run ([`Replica::run_merge`]) as a background task.
-    pub async fn control(&self, op: Control) -> Result<bool, RpcError> {
+    /// Runs `op`; says which background task, if any, the caller must run
+    /// ([`Replica::run_merge`], [`Replica::run_job`]).
+    pub async fn control(&self, op: Control) -> Result<Task, RpcError> {
+        let job = |started: bool| if started { Task::Job } else { Task::None };
+        let merge = |started: bool| if started { Task::Merge } else { Task::None };
         let r = match (&self.role, op) {
-            (Role::Primary(p), Control::Start(m)) => p.start(m).map(|()| false),
-            (Role::Primary(p), Control::Checkpoint) => p.checkpoint().map(|()| false),
-            (Role::Primary(p), Control::Stop { failover }) => p.stop(failover).map(|()| false),
-            (Role::Secondary(s), Control::Start(m)) => s.start(m).await.map(|()| false),
-            (Role::Secondary(s), Control::Checkpoint) => s.checkpoint().await.map(|()| false),
-            (Role::Secondary(s), Control::Stop { failover }) => s.stop(failover).await,
+            (Role::Primary(p), Control::Start { mode, sync }) => p.start_with(mode, sync).map(job),
+            (Role::Primary(p), Control::Checkpoint) => p.checkpoint().map(|()| Task::None),
+            (Role::Primary(p), Control::Stop { failover }) => p.stop(failover).map(|()| Task::None),
+            (Role::Secondary(_), Control::Start { sync: Some(_), .. }) => {
+                Err(ReplicationError::InvalidParam {
+                    param: "sync",
+                    reason: "not valid with mode secondary".into(),
+                })
+            }
+            (Role::Secondary(s), Control::Start { mode, .. }) => {
+                s.start(mode).await.map(|()| Task::None)
+            }
+            (Role::Secondary(s), Control::Checkpoint) => s.checkpoint().await.map(|()| Task::None),
+            (Role::Secondary(s), Control::Stop { failover }) => s.stop(failover).await.map(merge),
         };
         r.map_err(|e| RpcError::from_engine(self.name(), e))
+    }
+
+    fn primary_for(&self, op: &'static str) -> Result<&Primary<D>, RpcError> {
+        match &self.role {
+            Role::Primary(p) => Ok(p),
+            Role::Secondary(_) => Err(RpcError::from_engine(
+                self.name(),
+                ReplicationError::InvalidParam {
+                    param: op,
+                    reason: "not valid with mode secondary".into(),
+                },
+            )),
+        }
+    }
+
+    /// `bdev_replication_resync`; on success the caller runs [`Replica::run_job`].
+    pub fn resync(&self, full: bool) -> Result<(), RpcError> {
+        self.primary_for("resync")?
+            .resync(full)
+            .map_err(|e| RpcError::from_engine(self.name(), e))
+    }
+
+    /// `bdev_replication_verify`; on success the caller runs [`Replica::run_job`].
+    pub fn verify(&self) -> Result<(), RpcError> {
+        self.primary_for("verify")?
+            .verify()
+            .map_err(|e| RpcError::from_engine(self.name(), e))
+    }
+
+    /// A primary's sync or verify job to its end; logs the outcome. `pause` is awaited
+    /// between regions (`true`: back off, out of buffers; `false`: a reactor turn).
+    pub async fn run_job<R, F, Fut>(&self, rt: &R, mut pause: F)
+    where
+        R: Runtime,
+        F: FnMut(bool) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let Role::Primary(p) = &self.role else { return };
+        let r = p.run_job(rt, |step| pause(step == JobStep::Backoff)).await;
+        if let Err(e) = r {
+            tracing::warn!(name = self.name(), error = %e, "sync/verify stopped");
+        }
     }
 
     /// The failover merge to its end; logs the outcome. `pause` is awaited when the
@@ -186,8 +257,10 @@ impl<D: BlockDevice + Clone> Replica<D> {
                 "local_bdev": p.local_bdev,
                 "remote_bdev": p.remote_bdev,
                 "remote_timeout_ms": p.remote_timeout_ms,
+                "sync_granularity": pr.config().sync_granularity,
                 "link_broken": pr.link_broken(),
                 "counters": pr.counters(),
+                "sync": pr.sync_status(),
                 "merge": {"total_bytes": 0, "done_bytes": 0},
             }),
         }

@@ -108,6 +108,24 @@ fn yield_once() -> impl Future<Output = ()> {
     })
 }
 
+/// The RAM host's runtime: it has no clock, so a millisecond is one turn of its pool (a
+/// remote leg held by a test times out after `remote_timeout_ms` turns).
+pub struct RamRuntime(LocalSpawner);
+
+impl crate::engine::Runtime for RamRuntime {
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
+        let turns = d.as_millis().max(1);
+        async move {
+            for _ in 0..turns {
+                yield_once().await;
+            }
+        }
+    }
+    fn spawn(&self, task: std::pin::Pin<Box<dyn Future<Output = ()>>>) {
+        let _ = self.0.spawn_local(task);
+    }
+}
+
 impl Host for RamHost {
     type Dev = TestDisk;
     type Node = Replica<TestDisk>;
@@ -178,6 +196,13 @@ impl Host for RamHost {
             if node.stage() == crate::engine::Stage::Done {
                 released.borrow_mut().push(node);
             }
+        });
+    }
+
+    fn spawn_sync(&self, node: Arc<Replica<TestDisk>>) {
+        let rt = RamRuntime(self.spawner.clone());
+        let _ = self.spawner.spawn_local(async move {
+            node.run_job(&rt, |_| yield_once()).await;
         });
     }
 

@@ -38,6 +38,9 @@ pub trait IoBuf: Clone + 'static {
     /// A view of `len` bytes from `offset` sharing the same memory.
     fn slice(&self, offset: usize, len: usize) -> Self;
     fn fill_zero(&self);
+    /// Whether both buffers hold the same bytes (online verify). Only called on buffers
+    /// no device is using.
+    fn bytes_equal(&self, other: &Self) -> bool;
 }
 
 /// What the engine needs from a block device (the base disk, an overlay, a primary leg).

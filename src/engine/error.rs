@@ -21,4 +21,15 @@ pub enum ReplicationError {
     },
     #[error("{param}: {reason}")]
     InvalidParam { param: &'static str, reason: String },
+    /// A protection operation (resync, verify, a start with sync) in a stage where it
+    /// makes no sense.
+    #[error("Block replication is not running (stage {stage}): {op} needs stage running")]
+    WrongStage {
+        op: &'static str,
+        stage: crate::engine::Stage,
+    },
+    #[error("{0}")]
+    Busy(String),
+    #[error("the replication link is broken: run resync first")]
+    LinkBroken,
 }

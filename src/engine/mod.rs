@@ -8,6 +8,7 @@
 mod alloc_map;
 mod cluster_lock;
 mod device;
+mod dirty;
 mod error;
 mod gate;
 mod geometry;
@@ -19,12 +20,14 @@ pub mod testing;
 pub use alloc_map::{AllocMap, AllocState};
 pub use cluster_lock::{ClusterGuard, ClusterLocks};
 pub use device::{BlockDevice, IoBuf, IoError, Runtime};
+pub use dirty::{DEFAULT_SYNC_GRANULARITY, DirtyMap, MAX_SYNC_GRANULARITY};
 pub use error::ReplicationError;
 pub use gate::{GateGuard, IoGate};
 pub use geometry::{Geometry, MAX_COW_GRANULARITY};
+pub use primary::sync_job::JobStep;
 pub use primary::{
     DEFAULT_REMOTE_TIMEOUT_MS, MAX_REMOTE_TIMEOUT_MS, Primary, PrimaryConfig, PrimaryCounters,
-    PrimaryWritePlan,
+    PrimaryWritePlan, SyncMode, SyncState, SyncStatus,
 };
 pub use secondary::{
     DEFAULT_COW_GRANULARITY, IngressWritePlan, MergeProgress, MergeStep, ReadSegment, ReadSegments,

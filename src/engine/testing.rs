@@ -69,6 +69,9 @@ impl IoBuf for MemBuf {
     fn fill_zero(&self) {
         self.with(|b| b.fill(0));
     }
+    fn bytes_equal(&self, other: &Self) -> bool {
+        self.to_vec() == other.to_vec()
+    }
 }
 
 /// A RAM disk whose operations complete immediately.

@@ -85,6 +85,14 @@ impl IoBuf for SpdkBuf {
         // SAFETY: the engine zero-fills only buffers no device is using.
         unsafe { std::ptr::write_bytes(self.ptr, 0, self.len) };
     }
+    fn bytes_equal(&self, other: &Self) -> bool {
+        // SAFETY: the engine compares only buffers no device is using.
+        unsafe {
+            self.len == other.len
+                && std::slice::from_raw_parts(self.ptr as *const u8, self.len)
+                    == std::slice::from_raw_parts(other.ptr as *const u8, other.len)
+        }
+    }
 }
 
 pub struct DevInner {

@@ -132,3 +132,16 @@ pub fn sleep(d: Duration) -> Sleep {
         period_us: (d.as_micros() as u64).max(1),
     }
 }
+
+/// The engine's [`crate::engine::Runtime`] on SPDK threads: timers are pollers, tasks run
+/// on the calling thread (a primary's sync and verify jobs, its slow-path writes).
+pub struct SpdkRuntime;
+
+impl crate::engine::Runtime for SpdkRuntime {
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
+        sleep(d)
+    }
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
+        spawn(task)
+    }
+}

@@ -48,6 +48,21 @@ pub struct IoCtx {
     failed: bool,
     seg_lba: u64,
     seg_blocks: u64,
+    /// Primary: what to tell the engine when the guest request completes.
+    mark: Mark,
+    link_gen: u64,
+}
+
+/// A primary request's dirty-map bookkeeping at completion.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    None,
+    /// Not forwarded: its regions may differ on the remote.
+    LocalOnly,
+    /// Forwarded unlocked under `link_gen`.
+    Forwarded,
+    /// Forwarded, and the remote leg failed or timed out.
+    RemoteFailed,
 }
 
 /// Per-thread channel of a node: the claimed bdevs' channels on this thread.
@@ -777,12 +792,22 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
     unsafe {
         let ob = our_bdev(bdev_io);
         let node = &*ob.node;
-        let Role::Secondary(sec) = &node.role else {
-            unreachable!()
-        };
         let r = req(bdev_io);
         let bs = block_size(node);
         let op = child_of(r.ty).ok_or(IoError::Io)?;
+        if let Role::Primary(p) = &node.role {
+            // Writes while a sync or verify runs: under the region locks.
+            let rt = super::exec::SpdkRuntime;
+            return match op {
+                Child::Write => p.write(&rt, r.lba, guest_buf(&r, bs, true)?.0).await,
+                Child::WriteZeroes => p.write_zeroes(&rt, r.lba, r.blocks).await,
+                Child::Unmap => p.unmap(&rt, r.lba, r.blocks).await,
+                _ => Err(IoError::Io),
+            };
+        }
+        let Role::Secondary(sec) = &node.role else {
+            return Err(IoError::Io);
+        };
         match (ob.kind, op) {
             (Kind::Top, Child::Read) => {
                 let (buf, bounced) = guest_buf(&r, bs, false)?;
@@ -895,6 +920,16 @@ unsafe fn leg_done(bdev_io: *mut s::spdk_bdev_io) {
         let ctx = ctx_of(bdev_io);
         ctx.pending -= 1;
         if ctx.pending == 0 {
+            if ctx.mark != Mark::None
+                && let Role::Primary(p) = &(*our_bdev(bdev_io).node).role
+            {
+                let r = req(bdev_io);
+                match ctx.mark {
+                    Mark::LocalOnly | Mark::RemoteFailed => p.local_only_done(r.lba, r.blocks),
+                    Mark::Forwarded => p.forwarded_done(ctx.link_gen, r.lba, r.blocks),
+                    Mark::None => {}
+                }
+            }
             complete(bdev_io, !ctx.failed);
         }
     }
@@ -925,6 +960,16 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
             Child::Read | Child::Reset => PrimaryWritePlan::LocalOnly,
             _ => p.plan_write(),
         };
+        let modifies = matches!(op, Child::Write | Child::WriteZeroes | Child::Unmap);
+        // A sync or verify runs: writes take the region locks in the engine's driver.
+        let plan = match plan {
+            PrimaryWritePlan::Locked { .. } if modifies => {
+                slow(bdev_io);
+                return;
+            }
+            PrimaryWritePlan::Locked { link_gen } => PrimaryWritePlan::Both { link_gen },
+            p => p,
+        };
         let Some(shared) = chan.remote.as_ref() else {
             complete(bdev_io, false);
             return;
@@ -944,6 +989,14 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
         };
         let ctx = ctx_of(bdev_io);
         ctx.failed = false;
+        ctx.mark = match (modifies, forward) {
+            (false, _) => Mark::None,
+            (true, None) => Mark::LocalOnly,
+            (true, Some(g)) => {
+                ctx.link_gen = g;
+                Mark::Forwarded
+            }
+        };
         let local = !skip(0);
         if matches!(op, Child::Flush) {
             p.count_flush(local, forward.is_some());
@@ -1077,8 +1130,19 @@ unsafe fn remote_finish(rr: *mut RemoteReq, ok: bool) {
         let Role::Primary(p) = &node.role else {
             unreachable!()
         };
-        if !ok {
-            p.record_remote_failure((*rr).link_gen, false);
+        let modifies = matches!((*rr).op, Child::Write | Child::WriteZeroes | Child::Unmap);
+        if !ok && !(*rr).timed_out {
+            if modifies {
+                p.record_remote_write_failure((*rr).link_gen, false, (*rr).lba, (*rr).blocks);
+                if !(*rr).guest.is_null() {
+                    ctx_of((*rr).guest).mark = Mark::RemoteFailed;
+                }
+            } else {
+                p.record_remote_failure((*rr).link_gen, false);
+            }
+        }
+        if (*rr).timed_out {
+            p.detached_done();
         }
         shared.unlink(rr);
         if shared.release_when_idle.get() && shared.head.get().is_null() {
@@ -1110,8 +1174,16 @@ unsafe extern "C" fn remote_timeout_poll(arg: *mut c_void) -> i32 {
         while !rr.is_null() && now.saturating_sub((*rr).submitted_at) > shared.timeout_ticks {
             if !(*rr).timed_out {
                 (*rr).timed_out = true;
-                p.record_remote_failure((*rr).link_gen, true);
+                p.detach();
                 let guest = std::mem::replace(&mut (*rr).guest, null_mut());
+                if matches!((*rr).op, Child::Write | Child::WriteZeroes | Child::Unmap) {
+                    p.record_remote_write_failure((*rr).link_gen, true, (*rr).lba, (*rr).blocks);
+                    if !guest.is_null() {
+                        ctx_of(guest).mark = Mark::RemoteFailed;
+                    }
+                } else {
+                    p.record_remote_failure((*rr).link_gen, true);
+                }
                 if !guest.is_null() {
                     leg_done(guest);
                 }

@@ -386,6 +386,18 @@ impl Host for SpdkHost {
             }
         });
     }
+    fn spawn_sync(&self, node: Arc<Node>) {
+        exec::spawn(async move {
+            node.run_job(&exec::SpdkRuntime, |backoff| {
+                exec::sleep(if backoff {
+                    Duration::from_millis(1)
+                } else {
+                    Duration::from_micros(1)
+                })
+            })
+            .await;
+        });
+    }
     fn release_overlays(&self, node: &Arc<Node>) {
         io::release_overlays(node.clone());
     }

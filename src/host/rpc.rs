@@ -80,4 +80,6 @@ methods! {
     rpc_stop => "bdev_replication_stop",
     rpc_get_error => "bdev_replication_get_error",
     rpc_get_status => "bdev_replication_get_status",
+    rpc_resync => "bdev_replication_resync",
+    rpc_verify => "bdev_replication_verify",
 }

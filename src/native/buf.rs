@@ -149,6 +149,15 @@ impl IoBuf for NativeBuf {
         // SAFETY: bounds by construction; see `Mem`'s Sync note.
         unsafe { std::ptr::write_bytes(self.as_ptr(), 0, self.len) }
     }
+
+    fn bytes_equal(&self, other: &Self) -> bool {
+        // SAFETY: bounds by construction; no device writes either buffer meanwhile.
+        unsafe {
+            self.len == other.len
+                && std::slice::from_raw_parts(self.as_ptr(), self.len)
+                    == std::slice::from_raw_parts(other.as_ptr(), other.len)
+        }
+    }
 }
 
 #[cfg(test)]

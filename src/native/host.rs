@@ -338,6 +338,31 @@ impl Host for Rc<App> {
         });
     }
 
+    fn spawn_sync(&self, node: Arc<Node>) {
+        spawn_local(async move {
+            let pause = |backoff: bool| async move {
+                if backoff {
+                    sleep(MERGE_BACKOFF).await
+                } else {
+                    // One reactor turn, so a sync over RAM bdevs cannot starve the reactor.
+                    let mut yielded = false;
+                    std::future::poll_fn(|cx| {
+                        if yielded {
+                            return std::task::Poll::Ready(());
+                        }
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::Pending
+                    })
+                    .await
+                }
+            };
+            node.replica
+                .run_job(&super::reactor::NativeRuntime, pause)
+                .await;
+        });
+    }
+
     fn release_overlays(&self, node: &Arc<Node>) {
         if node.replica.mode() == Mode::Secondary
             && !node.overlays_released.swap(true, Ordering::AcqRel)

@@ -1,14 +1,32 @@
 //! Primary node: reads from the local leg; writes to the local leg and, while replication
 //! runs, to the remote leg (the secondary's ingress over NVMe-oF). A remote failure is
 //! recorded, never returned, and breaks the link: forwarding after a gap is useless.
+//! Regions that may differ on the remote are kept in a dirty map; the background sync and
+//! verify jobs (`sync.rs`) copy and compare them (spec 8, docs/protection.md).
 
-use crate::engine::device::{BlockDevice, IoBuf, IoError, Runtime, WriteOp};
+mod io;
+mod sync;
+
+pub use sync::{SyncMode, SyncState, SyncStatus};
+pub mod sync_job {
+    pub use super::sync::JobStep;
+}
+
+use crate::engine::cluster_lock::ClusterLocks;
+use crate::engine::device::BlockDevice;
+use crate::engine::dirty::{DirtyMap, MAX_SYNC_GRANULARITY};
 use crate::engine::stage::AtomicStage;
 use crate::engine::{Mode, ReplicationError, Stage};
-use futures::future::{Either, select};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::Duration;
+
+/// Bits of the link word: the link is broken; a sync or verify runs (guest writes take
+/// the region locks). The link generation is the rest.
+const BROKEN: u64 = 1;
+const LOCKING: u64 = 2;
+const GEN_SHIFT: u32 = 2;
 
 /// A remote write or flush still pending after this long breaks the link. Long enough to
 /// ride out a TCP retransmission or two on a healthy link, short enough that a frozen
@@ -22,22 +40,32 @@ pub const MAX_REMOTE_TIMEOUT_MS: u64 = 3_600_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrimaryConfig {
     pub remote_timeout: Duration,
+    /// Bytes per dirty-map region: a power of two, at least the block size.
+    pub sync_granularity: u64,
 }
 
 impl Default for PrimaryConfig {
     fn default() -> Self {
         PrimaryConfig {
             remote_timeout: Duration::from_millis(DEFAULT_REMOTE_TIMEOUT_MS),
+            sync_granularity: crate::engine::dirty::DEFAULT_SYNC_GRANULARITY,
         }
     }
 }
 
-/// How a primary write is routed. `Both` carries the link generation to pass back to
-/// [`Primary::record_remote_failure`], so a late failure from before a `start` is ignored.
+/// How a primary write is routed. The link generation goes back to
+/// [`Primary::record_remote_failure`] (a late failure from before a `start` does not break
+/// the current link) and to [`Primary::forwarded_done`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrimaryWritePlan {
+    /// Local leg only; a host calls [`Primary::local_only_done`] when it completes.
     LocalOnly,
+    /// Both legs, no locks (the hot path); a host calls [`Primary::forwarded_done`] when
+    /// both legs have completed.
     Both { link_gen: u64 },
+    /// A sync or verify runs: both legs under the region locks (the engine's driver,
+    /// [`Primary::write`]; hosts with fast paths send these there).
+    Locked { link_gen: u64 },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -48,6 +76,9 @@ pub struct PrimaryCounters {
     pub remote_flushes: u64,
     pub remote_failures: u64,
     pub remote_timeouts: u64,
+    /// Regions copied by sync jobs, and their bytes.
+    pub sync_copies: u64,
+    pub sync_bytes: u64,
 }
 
 pub struct Primary<D: BlockDevice> {
@@ -55,10 +86,18 @@ pub struct Primary<D: BlockDevice> {
     remote: D,
     config: PrimaryConfig,
     stage: AtomicStage,
-    /// Bumped by start and stop; a remote failure of an older generation is stale.
-    link_gen: AtomicU64,
-    link_broken: AtomicBool,
+    /// Generation (bumped by start, stop and resync) and the BROKEN and LOCKING bits: one
+    /// load on the hot path. A remote failure of an older generation is stale.
+    link: AtomicU64,
     error: AtomicBool,
+    dirty: DirtyMap,
+    /// Per-region serialisation of sync copies, verify compares and (while a job runs)
+    /// guest writes.
+    regions: ClusterLocks,
+    /// Remote requests that timed out but have not ended yet (guest forwards and copies).
+    detached: Arc<AtomicU64>,
+    job: AtomicU8,
+    sync: sync::Progress,
     forwarded: AtomicU64,
     local_flushes: AtomicU64,
     remote_flushes: AtomicU64,
@@ -95,14 +134,28 @@ impl<D: BlockDevice + Clone> Primary<D> {
                 reason: format!("must be between 1 and {MAX_REMOTE_TIMEOUT_MS}, got {ms}"),
             });
         }
+        let g = config.sync_granularity;
+        let bs = u64::from(local.block_size());
+        if !g.is_power_of_two() || g < bs || g > MAX_SYNC_GRANULARITY {
+            return Err(ReplicationError::InvalidParam {
+                param: "sync_granularity",
+                reason: format!(
+                    "{g} must be a power of two from the block size ({bs}) to {MAX_SYNC_GRANULARITY}"
+                ),
+            });
+        }
         Ok(Primary {
+            dirty: DirtyMap::new(local.num_blocks(), g / bs),
             local,
             remote,
             config,
             stage: AtomicStage::default(),
-            link_gen: AtomicU64::new(0),
-            link_broken: AtomicBool::new(false),
+            link: AtomicU64::new(0),
             error: AtomicBool::new(false),
+            regions: ClusterLocks::default(),
+            detached: Arc::default(),
+            job: AtomicU8::new(0),
+            sync: sync::Progress::default(),
             forwarded: AtomicU64::new(0),
             local_flushes: AtomicU64::new(0),
             remote_flushes: AtomicU64::new(0),
@@ -124,7 +177,18 @@ impl<D: BlockDevice + Clone> Primary<D> {
         &self.remote
     }
     pub fn link_broken(&self) -> bool {
-        self.link_broken.load(SeqCst)
+        self.link.load(SeqCst) & BROKEN != 0
+    }
+    fn link_gen(&self) -> u64 {
+        self.link.load(SeqCst) >> GEN_SHIFT
+    }
+    /// The dirty map (regions that may differ on the remote).
+    pub fn dirty(&self) -> &DirtyMap {
+        &self.dirty
+    }
+    /// Timed-out remote requests still pending.
+    pub fn detached(&self) -> u64 {
+        self.detached.load(SeqCst)
     }
 
     pub fn counters(&self) -> PrimaryCounters {
@@ -134,19 +198,66 @@ impl<D: BlockDevice + Clone> Primary<D> {
             remote_flushes: self.remote_flushes.load(Relaxed),
             remote_failures: self.remote_failures.load(Relaxed),
             remote_timeouts: self.remote_timeouts.load(Relaxed),
+            sync_copies: self.sync.copies.load(Relaxed),
+            sync_bytes: self.sync.copied_bytes.load(Relaxed),
         }
     }
 
     // ---------------------------------------------------------------------- core --
 
     pub fn plan_write(&self) -> PrimaryWritePlan {
-        if self.stage() == Stage::Running && !self.link_broken.load(Relaxed) {
-            PrimaryWritePlan::Both {
-                link_gen: self.link_gen.load(Relaxed),
-            }
-        } else {
-            PrimaryWritePlan::LocalOnly
+        if self.stage() != Stage::Running {
+            return PrimaryWritePlan::LocalOnly;
         }
+        let link = self.link.load(SeqCst);
+        let link_gen = link >> GEN_SHIFT;
+        match link & (BROKEN | LOCKING) {
+            0 => PrimaryWritePlan::Both { link_gen },
+            LOCKING => PrimaryWritePlan::Locked { link_gen },
+            _ => PrimaryWritePlan::LocalOnly,
+        }
+    }
+
+    /// A write (or write_zeroes/unmap) that was not forwarded has completed (or failed) on
+    /// the local leg: its regions may now differ on the remote.
+    pub fn local_only_done(&self, lba: u64, nblocks: u64) {
+        self.dirty.mark_range(lba, nblocks);
+    }
+
+    /// A write forwarded unlocked under `link_gen` has completed on both legs. If a resync
+    /// started meanwhile (new generation), its copy may have read the local leg before this
+    /// write reached it: mark the regions so the sync copies them again.
+    pub fn forwarded_done(&self, link_gen: u64, lba: u64, nblocks: u64) {
+        if self.link_gen() != link_gen {
+            self.dirty.mark_range(lba, nblocks);
+        }
+    }
+
+    /// A forwarded write's remote leg failed or timed out: mark its regions, then record
+    /// the failure.
+    pub fn record_remote_write_failure(
+        &self,
+        link_gen: u64,
+        timed_out: bool,
+        lba: u64,
+        nblocks: u64,
+    ) {
+        self.dirty.mark_range(lba, nblocks);
+        self.record_remote_failure(link_gen, timed_out);
+    }
+
+    /// A remote request timed out but is still pending: resync and verify are refused
+    /// until [`Primary::detached_done`] (it could land after a later copy).
+    pub fn detach(&self) {
+        self.detached.fetch_add(1, SeqCst);
+    }
+    pub fn detached_done(&self) {
+        drop(io::Detached(self.detached.clone()));
+    }
+    /// [`Primary::detach`], given back when the returned guard drops.
+    fn detach_guard(&self) -> io::Detached {
+        self.detach();
+        io::Detached(self.detached.clone())
     }
 
     /// For hosts that forward on their own fast path (the driver counts its own).
@@ -166,15 +277,25 @@ impl<D: BlockDevice + Clone> Primary<D> {
 
     /// Records a failed (or timed-out) remote request and stops forwarding.
     pub fn record_remote_failure(&self, link_gen: u64, timed_out: bool) {
-        if self.link_gen.load(SeqCst) != link_gen {
-            return;
-        }
+        let mut cur = self.link.load(SeqCst);
+        let was_broken = loop {
+            if cur >> GEN_SHIFT != link_gen {
+                return;
+            }
+            match self
+                .link
+                .compare_exchange(cur, cur | BROKEN, SeqCst, SeqCst)
+            {
+                Ok(_) => break cur & BROKEN != 0,
+                Err(now) => cur = now,
+            }
+        };
         self.remote_failures.fetch_add(1, Relaxed);
         if timed_out {
             self.remote_timeouts.fetch_add(1, Relaxed);
         }
         self.error.store(true, SeqCst);
-        if !self.link_broken.swap(true, SeqCst) {
+        if !was_broken {
             tracing::warn!(
                 timed_out,
                 "remote leg failed: replication link broken, continuing locally"
@@ -184,7 +305,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
 
     /// The remote leg went away (hot-remove): record it for the current run.
     pub fn break_link(&self) {
-        self.record_remote_failure(self.link_gen.load(SeqCst), false);
+        self.record_remote_failure(self.link_gen(), false);
     }
 
     pub fn get_error(&self) -> Result<(), ReplicationError> {
@@ -197,7 +318,18 @@ impl<D: BlockDevice + Clone> Primary<D> {
 
     // -------------------------------------------------------------------- control --
 
+    /// `start` with `sync: "none"`: the operator asserts the disks are equal.
     pub fn start(&self, mode: Option<Mode>) -> Result<(), ReplicationError> {
+        self.start_with(mode, None).map(|_| ())
+    }
+
+    /// `Ok(true)`: a full sync was requested; the caller runs [`Primary::run_job`] as a
+    /// background task.
+    pub fn start_with(
+        &self,
+        mode: Option<Mode>,
+        sync: Option<SyncMode>,
+    ) -> Result<bool, ReplicationError> {
         match self.stage() {
             Stage::None => {
                 if let Some(m) = mode.filter(|m| *m != Mode::Primary) {
@@ -206,13 +338,24 @@ impl<D: BlockDevice + Clone> Primary<D> {
                         got: m,
                     });
                 }
-                self.reset_link();
+                let full = sync == Some(SyncMode::Full);
+                if full {
+                    self.dirty.mark_all();
+                    self.begin_job(sync::Job::Sync)?;
+                } else {
+                    // The operator asserts the disks are equal.
+                    self.dirty.clear_all();
+                }
+                self.reset_link(full);
                 self.stage.set(Stage::Running);
-                tracing::info!("replication started (primary)");
-                Ok(())
+                tracing::info!(full_sync = full, "replication started (primary)");
+                Ok(full)
             }
             Stage::Running | Stage::FailoverFailed => Err(ReplicationError::RunningOrDone),
-            Stage::Failover | Stage::Done => Ok(()),
+            stage @ (Stage::Failover | Stage::Done) if sync == Some(SyncMode::Full) => {
+                Err(ReplicationError::WrongStage { op: "sync", stage })
+            }
+            Stage::Failover | Stage::Done => Ok(false),
         }
     }
 
@@ -225,7 +368,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
     pub fn stop(&self, _failover: bool) -> Result<(), ReplicationError> {
         match self.stage() {
             Stage::Running => {
-                self.reset_link();
+                self.reset_link(false);
                 self.stage.set(Stage::Done);
                 tracing::info!("replication stopped (primary)");
                 Ok(())
@@ -235,82 +378,17 @@ impl<D: BlockDevice + Clone> Primary<D> {
         }
     }
 
-    fn reset_link(&self) {
-        self.link_gen.fetch_add(1, SeqCst);
-        self.link_broken.store(false, SeqCst);
+    /// A new link generation, not broken; `locking` while a sync job is about to run.
+    /// Clears the sticky error.
+    fn reset_link(&self, locking: bool) {
+        self.new_generation(locking);
         self.error.store(false, SeqCst);
     }
 
-    // --------------------------------------------------------------------- driver --
-
-    pub async fn read(&self, lba: u64, buf: D::Buf) -> Result<(), IoError> {
-        self.local.read(lba, buf).await
-    }
-
-    pub async fn write<R: Runtime>(&self, rt: &R, lba: u64, buf: D::Buf) -> Result<(), IoError> {
-        self.modify(rt, lba, Some(WriteOp::Data(buf))).await
-    }
-
-    pub async fn write_zeroes<R: Runtime>(&self, rt: &R, lba: u64, n: u64) -> Result<(), IoError> {
-        self.modify(rt, lba, Some(WriteOp::Zeroes(n))).await
-    }
-
-    pub async fn unmap<R: Runtime>(&self, rt: &R, lba: u64, n: u64) -> Result<(), IoError> {
-        self.modify(rt, lba, Some(WriteOp::Unmap(n))).await
-    }
-
-    pub async fn flush<R: Runtime>(&self, rt: &R) -> Result<(), IoError> {
-        self.modify(rt, 0, None).await
-    }
-
-    /// `op == None` is a flush. Completes when the local leg has completed and the remote
-    /// leg has completed, failed or timed out; a timed-out remote request keeps running on
-    /// its own (holding its buffer) until it really ends.
-    async fn modify<R: Runtime>(
-        &self,
-        rt: &R,
-        lba: u64,
-        op: Option<WriteOp<D::Buf>>,
-    ) -> Result<(), IoError> {
-        let local = issue(self.local.clone(), lba, op.clone());
-        let plan = self.plan_write();
-        if op.is_none() {
-            let both = matches!(plan, PrimaryWritePlan::Both { .. });
-            self.count_flush(
-                self.local.supports_flush(),
-                both && self.remote.supports_flush(),
-            );
-        }
-        let PrimaryWritePlan::Both { link_gen } = plan else {
-            return local.await;
-        };
-        self.count_forwarded();
-        let remote = Box::pin(issue(self.remote.clone(), lba, op));
-        let remote_leg = async {
-            match select(remote, Box::pin(rt.sleep(self.config.remote_timeout))).await {
-                Either::Left((Ok(()), _)) => {}
-                Either::Left((Err(_), _)) => self.record_remote_failure(link_gen, false),
-                Either::Right(((), still_running)) => {
-                    self.record_remote_failure(link_gen, true);
-                    rt.spawn(Box::pin(async move {
-                        let _ = still_running.await;
-                    }));
-                }
-            }
-        };
-        let (local_result, ()) = futures::join!(local, remote_leg);
-        local_result
-    }
-}
-
-async fn issue<D: BlockDevice>(dev: D, lba: u64, op: Option<WriteOp<D::Buf>>) -> Result<(), IoError>
-where
-    D::Buf: IoBuf,
-{
-    match op {
-        Some(op) => op.issue(&dev, lba).await,
-        // A leg without flush support is skipped, never a reason to fail (spec 4).
-        None if !dev.supports_flush() => Ok(()),
-        None => dev.flush().await,
+    fn new_generation(&self, locking: bool) {
+        let flags = if locking { LOCKING } else { 0 };
+        let _ = self.link.fetch_update(SeqCst, SeqCst, |l| {
+            Some((((l >> GEN_SHIFT) + 1) << GEN_SHIFT) | flags)
+        });
     }
 }
