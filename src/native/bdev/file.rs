@@ -77,19 +77,7 @@ impl FileBdev {
     pub async fn read(&self, lba: u64, buf: NativeBuf) -> Result<(), IoError> {
         let off = self.offset(lba, buf.len())?;
         let (io, bounce) = self.io_buf(&buf)?;
-        let mut done = 0usize;
-        while done < io.len() {
-            let part = io.slice(done, io.len() - done);
-            let e = opcode::Read::new(self.fd(), part.as_ptr(), part.len() as u32)
-                .offset(off + done as u64)
-                .build();
-            let n = uring(e, Some(Box::new(part))).await;
-            if n <= 0 {
-                // End of file (a file shrunk under us) or an errno.
-                return Err(IoError::Io);
-            }
-            done += n as usize;
-        }
+        self.transfer(off, &io, false).await?;
         if bounce {
             // SAFETY: our private bounce buffer.
             buf.copy_in(0, unsafe { io.bytes() });
@@ -104,14 +92,23 @@ impl FileBdev {
             // SAFETY: the request's buffer, not written while in flight.
             io.copy_in(0, unsafe { buf.bytes() });
         }
+        self.transfer(off, &io, true).await
+    }
+
+    /// Reads or writes all of `io` at byte offset `off`, resubmitting after short transfers.
+    async fn transfer(&self, off: u64, io: &NativeBuf, write: bool) -> Result<(), IoError> {
         let mut done = 0usize;
         while done < io.len() {
             let part = io.slice(done, io.len() - done);
-            let e = opcode::Write::new(self.fd(), part.as_ptr(), part.len() as u32)
-                .offset(off + done as u64)
-                .build();
+            let (ptr, len, at) = (part.as_ptr(), part.len() as u32, off + done as u64);
+            let e = if write {
+                opcode::Write::new(self.fd(), ptr, len).offset(at).build()
+            } else {
+                opcode::Read::new(self.fd(), ptr, len).offset(at).build()
+            };
             let n = uring(e, Some(Box::new(part))).await;
             if n <= 0 {
+                // An errno, or end of file (a file shrunk under us).
                 return Err(IoError::Io);
             }
             done += n as usize;
