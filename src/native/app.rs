@@ -3,7 +3,7 @@
 //! SIGTERM. [`NativeNode`] is the same node in-process, for tests.
 
 use super::host::App;
-use super::reactor::{Reactor, Reactors};
+use super::reactor::{Reactor, Reactors, spawn_local};
 use crate::control::RpcError;
 use clap::Parser;
 use serde_json::Value;
@@ -133,7 +133,17 @@ pub struct NativeNode {
 }
 
 impl NativeNode {
+    /// Starts an initialised node (no config file), ready for runtime calls.
     pub fn start(cores: &[usize], vhost_dir: PathBuf) -> std::io::Result<Self> {
+        let node = Self::start_paused(cores, vhost_dir)?;
+        node.boot(None, false, false)
+            .map_err(std::io::Error::other)?;
+        Ok(node)
+    }
+
+    /// Starts the reactors with the framework in its startup state; [`NativeNode::boot`]
+    /// goes on.
+    pub fn start_paused(cores: &[usize], vhost_dir: PathBuf) -> std::io::Result<Self> {
         let reactors = Reactors::start(cores)?;
         let main = reactors.get(0).clone();
         let handles = reactors.handles();
@@ -158,7 +168,7 @@ impl NativeNode {
     ) -> impl std::future::Future<Output = Result<Value, RpcError>> + Send + use<> {
         let f = self.main.run(move || async move {
             match app() {
-                Some(a) => super::rpc::call(&a, &method, params).await,
+                Some(a) => super::framework::call_client(&a, &method, params).await,
                 None => Err(RpcError::new(-32603, "the node is shutting down")),
             }
         });
@@ -168,17 +178,43 @@ impl NativeNode {
         }
     }
 
+    /// Calls a method on the app reactor as an RPC client did (SPDK's startup/runtime state
+    /// rules apply) and hands the answer to `done` there; the caller does not wait.
+    pub fn call_with_reply(
+        &self,
+        method: String,
+        params: Option<Value>,
+        done: impl FnOnce(Result<Value, RpcError>) + Send + 'static,
+    ) {
+        self.main.send(move || {
+            spawn_local(async move {
+                let r = match app() {
+                    Some(a) => super::framework::call_client(&a, &method, params).await,
+                    None => Err(RpcError::new(-32603, "the node is shutting down")),
+                };
+                done(r)
+            })
+        });
+    }
+
     /// Calls a method and waits for its answer.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let p = (!params.is_null()).then_some(params);
         futures::executor::block_on(self.call_async(method.to_owned(), p))
     }
 
-    /// Runs a `--json` config file's calls; `keep_going` logs failures instead of stopping.
-    pub fn load_config(&self, text: String, keep_going: bool) -> Result<(), String> {
+    /// SPDK's start-up: the `--json` file's startup pass, then initialisation and its runtime
+    /// pass, unless `wait_for_rpc` leaves those to `framework_start_init`. `keep_going` logs
+    /// failed calls instead of stopping.
+    pub fn boot(
+        &self,
+        json: Option<String>,
+        keep_going: bool,
+        wait_for_rpc: bool,
+    ) -> Result<(), String> {
         let f = self.main.run(move || async move {
             match app() {
-                Some(a) => super::config::load(&a, &text, keep_going).await,
+                Some(a) => super::framework::boot(&a, json, keep_going, wait_for_rpc).await,
                 None => Err("the node is shutting down".into()),
             }
         });
@@ -199,15 +235,6 @@ impl NativeNode {
             }
         });
         futures::executor::block_on(r).flatten()
-    }
-
-    /// Marks start-up complete (`framework_wait_init` answers from then on).
-    pub fn set_init_done(&self) {
-        self.main.send(|| {
-            if let Some(a) = app() {
-                a.init_done.set(true);
-            }
-        });
     }
 
     /// Shuts down exports when other handles to the node remain (RPC threads finishing).
@@ -298,21 +325,27 @@ fn run_node(opts: &Opts) -> anyhow::Result<()> {
     ])
     .context("installing signal handlers")?;
     let node = std::sync::Arc::new(
-        NativeNode::start(&cores, opts.vhost_dir.clone()).context("starting reactors")?,
+        NativeNode::start_paused(&cores, opts.vhost_dir.clone()).context("starting reactors")?,
     );
     tracing::info!(
         reactors = cores.len(),
         "replication_tgt (native host) starting"
     );
-    let server = super::rpc_server::serve(node.clone(), &opts.rpc_socket)
-        .with_context(|| format!("RPC socket {}", opts.rpc_socket.display()))?;
-    if let Some(path) = &opts.json {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --json {}", path.display()))?;
-        node.load_config(text, opts.json_ignore_init_errors)
-            .map_err(|e| anyhow::anyhow!("--json {}: {e}", path.display()))?;
-    }
-    node.set_init_done();
+    let json = match &opts.json {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --json {}", path.display()))?,
+        ),
+        None => None,
+    };
+    // The RPC socket serves from the start (SPDK's pauses it while the config loads;
+    // framework_wait_init answers once it is loaded, the same for a client).
+    let server = super::rpc_server::serve(node.clone(), &opts.rpc_socket)?;
+    node.boot(json, opts.json_ignore_init_errors, opts.wait_for_rpc)
+        .map_err(|e| match &opts.json {
+            Some(p) => anyhow::anyhow!("--json {}: {e}", p.display()),
+            None => anyhow::anyhow!("{e}"),
+        })?;
     tracing::info!(socket = %opts.rpc_socket.display(), "replication_tgt started");
     let sig = signals.forever().next();
     tracing::info!(?sig, "shutting down");

@@ -60,6 +60,10 @@ pub struct App {
     pub nvme_options: RefCell<Option<Value>>,
     pub nvmf: super::nvmf::NvmfState,
     pub vhost: super::vhost::VhostState,
+    /// Start-up (the `--json` startup pass, `--wait-for-rpc`) or runtime, as SPDK's RPC state.
+    pub rpc_state: Cell<super::framework::RpcState>,
+    /// The `--json` file's runtime pass, held until `framework_start_init` under `--wait-for-rpc`.
+    pub pending_json: RefCell<Option<(String, bool)>>,
     pub init_done: Cell<bool>,
 }
 
@@ -74,6 +78,8 @@ impl App {
             nodes: RefCell::default(),
             nvme: RefCell::default(),
             nvme_options: RefCell::default(),
+            rpc_state: Cell::new(super::framework::RpcState::Startup),
+            pending_json: RefCell::default(),
             init_done: Cell::new(false),
         })
     }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod bdev;
 pub mod buf;
 pub mod config;
+pub mod framework;
 pub mod host;
 pub mod node;
 pub mod nvmf;

@@ -16,12 +16,9 @@ use std::sync::Arc;
 
 const ENOMEM: i32 = -12;
 
-/// The methods this host answers besides the control plane's.
+/// The methods this host answers besides the control plane's and the framework's.
 pub const NATIVE_METHODS: &[&str] = &[
     "spdk_get_version",
-    "rpc_get_methods",
-    "framework_wait_init",
-    "framework_start_init",
     "save_config",
     "bdev_get_bdevs",
     "bdev_wait_for_examine",
@@ -154,6 +151,10 @@ pub async fn call(app: &Rc<App>, method: &str, params: Option<Value>) -> Result<
     if control::METHODS.contains(&method) {
         return control::handle(app, method, params).await;
     }
+    if super::framework::METHODS.contains(&method) {
+        // Boxed: framework_start_init runs the config loader, which calls back in here.
+        return Box::pin(super::framework::call(app, method, params)).await;
+    }
     let t = Value::Bool(true);
     match method {
         "spdk_get_version" => Ok(json!({
@@ -161,22 +162,6 @@ pub async fn call(app: &Rc<App>, method: &str, params: Option<Value>) -> Result<
                                env!("CARGO_PKG_VERSION")),
             "fields": {"major": 26, "minor": 5, "patch": 0, "suffix": "-native"},
         })),
-        "rpc_get_methods" => {
-            let mut m: Vec<&str> = NATIVE_METHODS.to_vec();
-            m.extend(control::METHODS);
-            Ok(json!(m))
-        }
-        "framework_wait_init" => {
-            // SPDK answers once start-up (the --json config) is complete.
-            while !app.init_done.get() {
-                super::reactor::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            Ok(t)
-        }
-        "framework_start_init" => {
-            app.init_done.set(true);
-            Ok(t)
-        }
         "bdev_wait_for_examine" => Ok(t),
         "save_config" => Ok(super::config::save(app)),
         "bdev_get_bdevs" => {

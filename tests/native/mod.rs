@@ -73,6 +73,13 @@ impl Node {
     }
 
     pub fn start_file(dir: &Path, name: &str, cfg: &Path, mask: &str) -> Node {
+        let cfg = cfg.to_string_lossy().into_owned();
+        Self::spawn(dir, name, &["-m", mask, "--json", &cfg], true)
+    }
+
+    /// Starts a native node with SPDK's usual script options plus `args`; waits until the
+    /// RPC socket answers `framework_wait_init` (`wait_init`) or `spdk_get_version`.
+    pub fn spawn(dir: &Path, name: &str, args: &[&str], wait_init: bool) -> Node {
         let sock = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&sock);
@@ -88,11 +95,9 @@ impl Node {
                 "--no-pci",
                 "--disable-cpumask-locks",
             ])
-            .args(["-m", mask])
             .arg("-r")
             .arg(&sock)
-            .arg("--json")
-            .arg(cfg)
+            .args(args)
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
             .spawn()
@@ -104,17 +109,17 @@ impl Node {
             log,
             dir: dir.to_owned(),
         };
+        let probe = if wait_init {
+            "framework_wait_init"
+        } else {
+            "spdk_get_version"
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = n.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("{name} exited ({st}) during start-up:\n{}", n.log_text());
             }
-            if n.sock.exists()
-                && matches!(
-                    rpc_raw(&n.sock, "framework_wait_init", &Value::Null),
-                    Ok(Ok(_))
-                )
-            {
+            if n.sock.exists() && matches!(rpc_raw(&n.sock, probe, &Value::Null), Ok(Ok(_))) {
                 break;
             }
             assert!(
