@@ -150,6 +150,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SPDK_DIR");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
     println!("cargo:rerun-if-changed=shim");
+    // SPDK installed (or rebuilt) in a documented prefix after a first build is picked up:
+    // watch each prefix's pkgconfig folder, or the nearest existing parent until it appears.
+    for d in candidate_pkgconfig_dirs() {
+        if let Some(w) = d.ancestors().find(|a| a.exists() && *a != Path::new("/")) {
+            println!("cargo:rerun-if-changed={}", w.display());
+        }
+    }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
 
     // Lets a machine with SPDK check the build without it.

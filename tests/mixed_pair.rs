@@ -10,7 +10,7 @@ use native::{Export, assert_runs, fill};
 use serde_json::json;
 
 const BS: usize = native::BS;
-const HALF: usize = 64 * BS;
+const HALF: usize = 16 * BS; // two halves fit SPDK's default 128 KiB max_io_size
 
 /// The flow both directions share: sync, start, replicate, checkpoint, failover.
 fn flow(
@@ -34,21 +34,21 @@ fn flow(
         json!({"name": "pvm0", "mode": "primary"}),
     );
     let t = top.connect();
-    pr.blocking().write(1, 64, fill(HALF, 0x22)).unwrap();
+    pr.blocking().write(1, 16, fill(HALF, 0x22)).unwrap();
     assert_runs(
-        &ing.blocking().read(1, 0, 128).unwrap(),
+        &ing.blocking().read(1, 0, 32).unwrap(),
         &[(HALF, 0x11), (HALF, 0x22)],
         "base",
     );
     assert_runs(
-        &t.blocking().read(1, 0, 128).unwrap(),
+        &t.blocking().read(1, 0, 32).unwrap(),
         &[(2 * HALF, 0x11)],
         "SVM view",
     );
     pr.blocking().flush(1).unwrap();
     start_sec("bdev_replication_checkpoint", json!({"name": "svm0"}));
     assert_runs(
-        &t.blocking().read(1, 0, 128).unwrap(),
+        &t.blocking().read(1, 0, 32).unwrap(),
         &[(HALF, 0x11), (HALF, 0x22)],
         "checkpoint",
     );
@@ -59,7 +59,7 @@ fn flow(
     );
     native::wait_for(30, "merge done", || sec_status()["stage"] == "done");
     assert_runs(
-        &ing.blocking().read(1, 0, 128).unwrap(),
+        &ing.blocking().read(1, 0, 32).unwrap(),
         &[(HALF, 0x33), (HALF, 0x22)],
         "merged",
     );

@@ -921,7 +921,7 @@ unsafe fn leg_done(bdev_io: *mut s::spdk_bdev_io) {
         ctx.pending -= 1;
         if ctx.pending == 0 {
             if ctx.mark != Mark::None
-                && let Role::Primary(p) = &(*our_bdev(bdev_io).node).role
+                && let Role::Primary(p) = &(&*our_bdev(bdev_io).node).role
             {
                 let r = req(bdev_io);
                 match ctx.mark {
@@ -976,16 +976,20 @@ unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
         };
         // A flush skips legs without flush support (spec 4).
         let skip = |leg: usize| matches!(op, Child::Flush) && !node.legs[leg].supports_flush();
-        let forward = match plan {
-            PrimaryWritePlan::Both { .. } if skip(1) => None,
-            PrimaryWritePlan::Both { link_gen } if !shared.remote_ch.get().is_null() => {
+        let link = match plan {
+            PrimaryWritePlan::Both { link_gen } | PrimaryWritePlan::Locked { link_gen } => {
                 Some(link_gen)
             }
-            PrimaryWritePlan::Both { .. } => {
+            PrimaryWritePlan::LocalOnly => None,
+        };
+        let forward = match link {
+            Some(_) if skip(1) => None,
+            Some(link_gen) if !shared.remote_ch.get().is_null() => Some(link_gen),
+            Some(_) => {
                 p.break_link();
                 None
             }
-            PrimaryWritePlan::LocalOnly => None,
+            None => None,
         };
         let ctx = ctx_of(bdev_io);
         ctx.failed = false;
