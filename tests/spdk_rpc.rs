@@ -359,7 +359,7 @@ fn save_config_then_restart_recreates_the_bdevs() {
         ours,
         vec![
             json!({"name": "s0", "mode": "secondary", "base_bdev": "b0", "hidden_bdev": "h0", "active_bdev": "a0", "ingress_name": "s0_in", "cow_granularity": 16384}),
-            json!({"name": "p0", "mode": "primary", "local_bdev": "l0", "remote_bdev": "r0", "remote_timeout_ms": 1000}),
+            json!({"name": "p0", "mode": "primary", "local_bdev": "l0", "remote_bdev": "r0", "remote_timeout_ms": 1000, "sync_granularity": 65536}),
         ]
     );
     let status_before: Vec<Value> = ["s0", "p0"].iter().map(|n| app.status(n)).collect();
