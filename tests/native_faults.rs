@@ -248,14 +248,7 @@ fn primary_keeps_writing_when_the_secondary_is_killed_or_frozen() {
     let tmp = tempfile::tempdir().unwrap();
     // Frozen: remote writes time out after 300 ms; the guest's writes complete from local.
     let mut p = pair(tmp.path(), Some(300));
-    p.sec.ok(
-        "bdev_replication_start",
-        json!({"name": "svm0", "mode": "secondary"}),
-    );
-    p.pri.ok(
-        "bdev_replication_start",
-        json!({"name": "pvm0", "mode": "primary"}),
-    );
+    p.start();
     primary_writes(&p.primary, 20, Duration::from_secs(2));
     p.sec.signal("-STOP");
     primary_writes(&p.primary, 20, Duration::from_secs(3));

@@ -6,16 +6,11 @@
 mod native;
 
 use guest_harness::{Guest, HOST_ADDR_FROM_GUEST, shell_quote};
-use md5::{Digest, Md5};
 use native::*;
 use serde_json::json;
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
-
-fn md5_hex(b: &[u8]) -> String {
-    Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
-}
 
 #[test]
 fn kernel_initiator_on_the_primary_replicates_to_the_secondary() {
@@ -25,14 +20,7 @@ fn kernel_initiator_on_the_primary_replicates_to_the_secondary() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let p = pair(tmp.path(), None);
-    p.sec.ok(
-        "bdev_replication_start",
-        json!({"name": "svm0", "mode": "secondary"}),
-    );
-    p.pri.ok(
-        "bdev_replication_start",
-        json!({"name": "pvm0", "mode": "primary"}),
-    );
+    p.start();
     let nqn = shell_quote(&p.primary.nqn);
     // 2 MiB of random data at 1 MiB (writes larger than in-capsule data, so R2T/H2CData),
     // flushed, read back O_DIRECT (several C2HData PDUs per read).

@@ -5,16 +5,11 @@
 mod native;
 
 use guest_harness::Guest;
-use md5::{Digest, Md5};
 use native::*;
 use serde_json::json;
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
-
-fn md5_hex(b: &[u8]) -> String {
-    Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
-}
 
 #[test]
 fn guest_on_vhost_user_blk_reads_and_writes_the_svm_disk_through_failover() {
@@ -26,14 +21,7 @@ fn guest_on_vhost_user_blk_reads_and_writes_the_svm_disk_through_failover() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let p = pair(tmp.path(), None);
-    p.sec.ok(
-        "bdev_replication_start",
-        json!({"name": "svm0", "mode": "secondary"}),
-    );
-    p.pri.ok(
-        "bdev_replication_start",
-        json!({"name": "pvm0", "mode": "primary"}),
-    );
+    p.start();
     let pr = p.primary.connect();
     pr.blocking().write(1, 0, fill(MIB, 0x11)).unwrap();
     p.sec

@@ -326,6 +326,28 @@ pub fn pair(dir: &Path, remote_timeout_ms: Option<u64>) -> Pair {
     }
 }
 
+impl Pair {
+    /// Starts replication: the secondary, then the primary (both from `none`).
+    pub fn start(&self) {
+        self.sec.ok(
+            "bdev_replication_start",
+            json!({"name": "svm0", "mode": "secondary"}),
+        );
+        self.pri.ok(
+            "bdev_replication_start",
+            json!({"name": "pvm0", "mode": "primary"}),
+        );
+    }
+}
+
+pub fn md5_hex(b: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
 pub fn fill(len: usize, byte: u8) -> Vec<u8> {
     vec![byte; len]
 }
