@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Native host vs SPDK host, the same roles over NVMe/TCP on loopback, measured by SPDK's
+bdevperf (issue 8's benchmark). Stdlib only.
+
+For each host (`replication_tgt --host spdk`, `--host native`), on core 1: a node holding a
+secondary `svm0` in `running` over three mallocs (exports: its top and its ingress) and a
+primary `pvm0` in `running` (local malloc; remote leg: a malloc of a second node of the
+same host, attached over loopback NVMe/TCP), each exported over NVMe/TCP. bdevperf runs
+on core 0.
+Then one bdevperf per (role, workload) attaches to the export and runs 4 KiB random
+read / random write at QD32. The ratio native/SPDK per row is what the README reports.
+
+Usage: benches/hosts/run.py [--secs 5] [--bin target/release/replication_tgt]
+                             [--spdk /opt/spdk]
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BS = 4096
+BLOCKS = 16384  # 64 MiB: four fit in the SPDK host's -s 1024
+
+
+def call(sock: Path, method: str, params=None, timeout=120.0):
+    req = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params is not None:
+        req["params"] = params
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(json.dumps(req).encode())
+        buf, dec = b"", json.JSONDecoder()
+        while True:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                raise RuntimeError(f"{method}: connection closed")
+            buf += chunk
+            try:
+                resp, _ = dec.raw_decode(buf.decode())
+                break
+            except ValueError:
+                continue
+    if "error" in resp:
+        raise RuntimeError(f"{method} {json.dumps(params)}: {resp['error']}")
+    return resp["result"]
+
+
+def wait_sock(sock: Path, proc, timeout=60.0):
+    t = time.monotonic() + timeout
+    while time.monotonic() < t:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited during start-up ({sock})")
+        if sock.exists():
+            try:
+                call(sock, "spdk_get_version", timeout=2)
+                return
+            except (OSError, RuntimeError):
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{sock} did not come up")
+
+
+def malloc(name):
+    return {"method": "bdev_malloc_create",
+            "params": {"name": name, "num_blocks": BLOCKS, "block_size": BS}}
+
+
+def export(nqn, bdev, port, uuid=None):
+    ns = {"bdev_name": bdev} | ({"uuid": uuid} if uuid else {})
+    return [
+        {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": True}},
+        {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": ns}},
+        {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {
+            "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(port)}}},
+    ]
+
+
+def start(binary, host, d: Path, name, cfg, mask):
+    (d / f"{name}.json").write_text(json.dumps(cfg))
+    sock = d / f"{name}.sock"
+    log = open(d / f"{name}.log", "wb")
+    p = subprocess.Popen([str(binary), "--host", host, "--no-huge", "-s", "1024", "--no-pci",
+                          "--disable-cpumask-locks", "-m", mask, "-r", str(sock), "--json", str(d / f"{name}.json")],
+                         stdout=log, stderr=subprocess.STDOUT, cwd=d)
+    wait_sock(sock, p)
+    call(sock, "framework_wait_init")
+    return p, sock
+
+
+def bdevperf(spdk: Path, d: Path, port, nqn, workload, secs):
+    cfg = {"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_attach_controller", "params": {
+            "name": "t", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+            "trsvcid": str(port), "subnqn": nqn}},
+        {"method": "bdev_wait_for_examine"}]}]}
+    f = d / "bdevperf.json"
+    f.write_text(json.dumps(cfg))
+    out = subprocess.run([str(spdk / "bin/bdevperf"), "--no-huge", "-s", "1024", "--no-pci",
+                          "--disable-cpumask-locks", "-m", "0x1", "--json", str(f), "-q", "32", "-o", str(BS),
+                          "-w", workload, "-t", str(secs)],
+                         capture_output=True, text=True, timeout=secs + 120)
+    for line in out.stdout.splitlines():
+        # "   Total                       :  12345.67   48.23  ..."
+        if line.strip().startswith("Total"):
+            return float(line.split(":")[1].split()[0])
+    raise RuntimeError(f"bdevperf gave no total:\n{out.stdout}\n{out.stderr}")
+
+
+def run_host(binary, host, spdk, secs, base_port):
+    d = Path(tempfile.mkdtemp(prefix=f"hosts-{host}-"))
+    procs = []
+    try:
+        rport, ing, top, pri = base_port, base_port + 1, base_port + 2, base_port + 3
+        # The primary's remote leg: a malloc of a second node of the same host, on the same
+        # core (this machine has two: bdevperf has the other). Two SPDK processes
+        # busy-poll that core, so the SPDK host's primary row is pessimistic here.
+        remote_cfg = {"subsystems": [
+            {"subsystem": "bdev", "config": [malloc("r0")]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]
+             + export("nqn.2016-06.io.spdk:r0", "r0", rport)}]}
+        p, _ = start(binary, host, d, "remote", remote_cfg, "0x2")
+        procs.append(p)
+        node_cfg = {"subsystems": [
+            {"subsystem": "bdev", "config": [
+                malloc("b0"), malloc("h0"), malloc("a0"), malloc("l0"),
+                {"method": "bdev_nvme_attach_controller", "params": {
+                    "name": "rem", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+                    "trsvcid": str(rport), "subnqn": "nqn.2016-06.io.spdk:r0"}},
+                {"method": "bdev_replication_create", "params": {
+                    "name": "svm0", "mode": "secondary", "base_bdev": "b0",
+                    "hidden_bdev": "h0", "active_bdev": "a0"}},
+                {"method": "bdev_replication_create", "params": {
+                    "name": "pvm0", "mode": "primary", "local_bdev": "l0",
+                    "remote_bdev": "remn1"}}]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]
+             + export("nqn.2016-06.io.spdk:svm0-ingress", "svm0_ingress", ing)
+             + export("nqn.2016-06.io.spdk:svm0", "svm0", top)
+             + export("nqn.2016-06.io.spdk:pvm0", "pvm0", pri)}]}
+        p, sock = start(binary, host, d, "node", node_cfg, "0x2")
+        procs.append(p)
+        call(sock, "bdev_replication_start", {"name": "svm0", "mode": "secondary"})
+        call(sock, "bdev_replication_start", {"name": "pvm0", "mode": "primary"})
+        rows = {}
+        for role, port, nqn in [("primary", pri, "nqn.2016-06.io.spdk:pvm0"),
+                                ("secondary top", top, "nqn.2016-06.io.spdk:svm0"),
+                                ("ingress", ing, "nqn.2016-06.io.spdk:svm0-ingress")]:
+            for w in ["randread", "randwrite"]:
+                rows[(role, w)] = bdevperf(spdk, d, port, nqn, w, secs)
+                print(f"  {host:6} {role:14} {w:9} {rows[(role, w)]:10.0f} IOPS", flush=True)
+        return rows
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--bin", default="target/release/replication_tgt")
+    ap.add_argument("--spdk", default=os.environ.get("SPDK_DIR", "/opt/spdk"))
+    a = ap.parse_args()
+    spdk = Path(a.spdk)
+    if not (spdk / "bin/bdevperf").exists():
+        sys.exit(f"no bdevperf under {spdk}/bin: SPDK is needed for this benchmark")
+    res = {h: run_host(Path(a.bin).resolve(), h, spdk, a.secs, 7100 + 10 * i)
+           for i, h in enumerate(["spdk", "native"])}
+    print("\n| role | workload | SPDK host IOPS | native host IOPS | native/SPDK |")
+    print("|---|---|---|---|---|")
+    for k in res["spdk"]:
+        s, n = res["spdk"][k], res["native"][k]
+        print(f"| {k[0]} | {k[1]} | {s:.0f} | {n:.0f} | {n / s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
