@@ -72,8 +72,8 @@ def malloc(name):
             "params": {"name": name, "num_blocks": BLOCKS, "block_size": BS}}
 
 
-def export(nqn, bdev, port, uuid=None):
-    ns = {"bdev_name": bdev} | ({"uuid": uuid} if uuid else {})
+def export(nqn, bdev, port):
+    ns = {"bdev_name": bdev}
     return [
         {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": True}},
         {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": ns}},

@@ -147,9 +147,10 @@ impl NativeNode {
         let reactors = Reactors::start(cores)?;
         let main = reactors.get(0).clone();
         let handles = reactors.handles();
+        let cores = cores.to_vec();
         let (tx, rx) = std::sync::mpsc::channel();
         main.send(move || {
-            APP.with(|a| *a.borrow_mut() = Some(App::new(handles, vhost_dir)));
+            APP.with(|a| *a.borrow_mut() = Some(App::new(handles, cores, vhost_dir)));
             let _ = tx.send(());
         });
         rx.recv()

@@ -68,10 +68,15 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(reactors: Vec<Reactor>, vhost_dir: std::path::PathBuf) -> Rc<Self> {
+    /// `cores`: the core of each reactor, in order.
+    pub fn new(
+        reactors: Vec<Reactor>,
+        cores: Vec<usize>,
+        vhost_dir: std::path::PathBuf,
+    ) -> Rc<Self> {
         Rc::new(Self {
             nvmf: super::nvmf::NvmfState::new(reactors.clone()),
-            vhost: super::vhost::VhostState::new(reactors.clone(), vhost_dir),
+            vhost: super::vhost::VhostState::new(reactors.clone(), cores, vhost_dir),
             reactors,
             bdevs: RefCell::default(),
             seq: Cell::new(0),

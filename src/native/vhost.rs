@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use vhost_blk::{BlockBackend, Controller, ControllerOptions, Done, Request, Status};
 
 /// Queues each controller offers; the frontend (QEMU's `num-queues`) uses up to this.
@@ -108,31 +108,14 @@ struct Ctrl {
 
 pub struct VhostState {
     reactors: Vec<Reactor>,
-    /// The core each reactor runs on (learned from the reactor threads at start).
-    cores: Arc<Mutex<Vec<Option<usize>>>>,
+    /// The core each reactor runs on (the `-m` mask's cores, in reactor order).
+    cores: Vec<usize>,
     dir: PathBuf,
     ctrls: RefCell<Vec<Ctrl>>,
 }
 
 impl VhostState {
-    pub fn new(reactors: Vec<Reactor>, dir: PathBuf) -> Self {
-        let cores = Arc::new(Mutex::new(vec![None; reactors.len()]));
-        // The reactor threads are named `reactor_<core>`; asked by message, never waited
-        // for (this runs on a reactor).
-        for (i, r) in reactors.iter().enumerate() {
-            let c = cores.clone();
-            r.send(move || {
-                let core = std::thread::current()
-                    .name()
-                    .and_then(|n| n.strip_prefix("reactor_"))
-                    .and_then(|n| n.parse().ok());
-                if let Ok(mut g) = c.lock()
-                    && let Some(s) = g.get_mut(i)
-                {
-                    *s = core;
-                }
-            });
-        }
+    pub fn new(reactors: Vec<Reactor>, cores: Vec<usize>, dir: PathBuf) -> Self {
         Self {
             reactors,
             cores,
@@ -142,11 +125,7 @@ impl VhostState {
     }
 
     fn core_of(&self, i: usize) -> usize {
-        self.cores
-            .lock()
-            .ok()
-            .and_then(|g| g.get(i).copied().flatten())
-            .unwrap_or(i)
+        self.cores.get(i).copied().unwrap_or(i)
     }
 
     fn app_mask(&self) -> u128 {
