@@ -137,6 +137,108 @@ fn timed_out_remote_requests_outlive_a_deleted_primary() {
     );
 }
 
+/// Issue 6 defect 3 / spec 4: a write whose remote leg timed out has been completed to a
+/// vhost guest; the guest then goes away, and its memory with its vhost session, while the
+/// secondary is still frozen. The remote request, resumed later, must not read guest memory:
+/// the thawed secondary receives exactly the guest's bytes and the primary lives on. Data
+/// digests make a read of unmapped memory fatal (the initiator checksums the payload)
+/// instead of a failed send.
+#[test]
+fn timed_out_remote_write_outlives_the_vhost_guest() {
+    let Some(env) = env("timed_out_remote_write_outlives_the_vhost_guest") else {
+        return;
+    };
+    if let Err(why) = guest_harness::available() {
+        eprintln!("skipped timed_out_remote_write_outlives_the_vhost_guest: {why}");
+        return;
+    }
+    let mut p = pair_with(&env, Some(500), |e| {
+        if e["method"] == "bdev_nvme_attach_controller" {
+            e["params"]["ddgst"] = json!(true);
+        }
+        if e["method"] == "bdev_nvme_set_options" {
+            // The frozen secondary must not drop the association for a missed keep-alive
+            // once it is thawed: the test is about the requests still in flight.
+            e["params"]["keep_alive_timeout_ms"] = json!(120_000);
+        }
+    });
+    p.sec.ok("bdev_replication_start", json!({}));
+    p.pri.ok("bdev_replication_start", json!({}));
+    // The guest takes the primary's disk over vhost instead of NVMe-oF (one exclusive
+    // opener per bdev).
+    let ns = json!({"nqn": p.primary.nqn, "nsid": 1});
+    p.pri.ok("nvmf_subsystem_remove_ns", ns.clone());
+    p.pri.ok(
+        "vhost_create_blk_controller",
+        json!({"ctrlr": "vhost.pvm0", "dev_name": "pvm0"}),
+    );
+    let socket = env.tmp.path().join("vhost.pvm0");
+    // 256 KiB of 0x5A, O_DIRECT: its remote leg times out (and the link breaks).
+    let script = "\
+        dev=/dev/vda; [ -b $dev ] || exit 80\n\
+        head -c 262144 /dev/zero | tr '\\0' '\\132' > /tmp/a || exit 90\n\
+        echo READY=1\n\
+        sleep 2\n\
+        dd if=/tmp/a of=$dev bs=256k oflag=direct 2>/dev/null || exit 91\n\
+        echo WROTE=1\n";
+    let guest = guest_harness::Guest::builder()
+        .script(script)
+        .vhost_user_blk(&socket)
+        .no_network()
+        .timeout(Duration::from_secs(180))
+        .spawn()
+        .unwrap();
+    guest
+        .wait_for_line("READY=1", Duration::from_secs(150))
+        .unwrap_or_else(|e| panic!("{e}\n{}", guest.console()));
+    p.sec.signal("-STOP");
+    let out = guest.wait().unwrap();
+    out.check_success()
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.describe()));
+    assert_eq!(out.value("WROTE"), Some("1"));
+    // QEMU is gone: SPDK stops the vhost session and unmaps the guest's memory.
+    std::thread::sleep(Duration::from_secs(2));
+    let st = p.pri.status("pvm0");
+    assert!(
+        st["counters"]["remote_timeouts"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    p.sec.signal("-CONT");
+    let want = fill(64 * BS, 0x5A);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(got) = dd_read(&env, &p.ingress, 0, 64)
+            && got == want
+        {
+            break;
+        }
+        if let Some(st) = p.pri.exited() {
+            panic!(
+                "the primary died ({st}) when the remote requests resumed:\n{}",
+                p.pri.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out writes never reached the secondary intact:\n{}",
+            p.pri.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    p.pri
+        .ok("vhost_delete_controller", json!({"ctrlr": "vhost.pvm0"}));
+    p.pri.ok(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": p.primary.nqn, "namespace": {"bdev_name": "pvm0", "nsid": 1}}),
+    );
+    assert_runs(
+        &dd_read(&env, &p.primary, 0, 64).unwrap(),
+        &[(64 * BS, 0x5A)],
+        "the primary's disk",
+    );
+    assert!(!p.pri.log_text().contains("panicked"));
+}
+
 /// Fault-matrix rows "base write fails in failover" and "delete in failover_failed" on a
 /// real secondary: the base is an SPDK error bdev that fails every write during the merge.
 #[test]

@@ -10,18 +10,17 @@ use super::dev::SpdkBuf;
 use super::exec;
 use super::json;
 use super::node::{Kind, Node, OurBdev};
+use super::primary::{self, RemoteShared};
 use crate::control::Role;
 use crate::engine::{
-    AllocState, BlockDevice, IngressWritePlan, IoError, PrimaryWritePlan, ReadSegment, Source,
-    TopWritePlan,
+    AllocState, BlockDevice, IngressWritePlan, IoError, ReadSegment, Source, TopWritePlan,
 };
 use spdk_sys as s;
-use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr::null_mut;
 use std::rc::Rc;
 
-const ENOMEM: i32 = 12;
+pub(super) const ENOMEM: i32 = 12;
 
 pub static FN_TABLE: s::spdk_bdev_fn_table = s::spdk_bdev_fn_table {
     destruct: Some(super::node::destruct),
@@ -44,18 +43,18 @@ pub static FN_TABLE: s::spdk_bdev_fn_table = s::spdk_bdev_fn_table {
 pub struct IoCtx {
     wait: s::spdk_bdev_io_wait_entry,
     ch: *mut s::spdk_io_channel,
-    pending: u32,
-    failed: bool,
+    pub(super) pending: u32,
+    pub(super) failed: bool,
     seg_lba: u64,
     seg_blocks: u64,
     /// Primary: what to tell the engine when the guest request completes.
-    mark: Mark,
-    link_gen: u64,
+    pub(super) mark: Mark,
+    pub(super) link_gen: u64,
 }
 
 /// A primary request's dirty-map bookkeeping at completion.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mark {
+pub(super) enum Mark {
     None,
     /// Not forwarded: its regions may differ on the remote.
     LocalOnly,
@@ -70,16 +69,16 @@ enum Mark {
 pub struct Channel {
     node: *const Node,
     /// base, hidden, active (secondary) or local, remote (primary).
-    legs: [*mut s::spdk_io_channel; 3],
-    remote: Option<Rc<RemoteShared>>,
+    pub(super) legs: [*mut s::spdk_io_channel; 3],
+    pub(super) remote: Option<Rc<RemoteShared>>,
     poller: *mut s::spdk_poller,
 }
 
-unsafe fn ctx_of(bdev_io: *mut s::spdk_bdev_io) -> &'static mut IoCtx {
+pub(super) unsafe fn ctx_of(bdev_io: *mut s::spdk_bdev_io) -> &'static mut IoCtx {
     unsafe { &mut *((*bdev_io).driver_ctx.as_mut_ptr() as *mut IoCtx) }
 }
 
-unsafe fn our_bdev(bdev_io: *mut s::spdk_bdev_io) -> &'static OurBdev {
+pub(super) unsafe fn our_bdev(bdev_io: *mut s::spdk_bdev_io) -> &'static OurBdev {
     unsafe { &*((*(*bdev_io).bdev).ctxt as *const OurBdev) }
 }
 
@@ -94,7 +93,7 @@ unsafe fn complete_with(bdev_io: *mut s::spdk_bdev_io, r: Result<(), IoError>) {
     unsafe { s::spdk_bdev_io_complete(bdev_io, st) };
 }
 
-unsafe fn complete(bdev_io: *mut s::spdk_bdev_io, ok: bool) {
+pub(super) unsafe fn complete(bdev_io: *mut s::spdk_bdev_io, ok: bool) {
     let st = if ok {
         s::SPDK_BDEV_IO_STATUS_SUCCESS
     } else {
@@ -103,15 +102,15 @@ unsafe fn complete(bdev_io: *mut s::spdk_bdev_io, ok: bool) {
     unsafe { s::spdk_bdev_io_complete(bdev_io, st) };
 }
 
-struct Req {
-    ty: u32,
-    lba: u64,
-    blocks: u64,
-    iovs: *mut s::iovec,
-    iovcnt: i32,
+pub(super) struct Req {
+    pub(super) ty: u32,
+    pub(super) lba: u64,
+    pub(super) blocks: u64,
+    pub(super) iovs: *mut s::iovec,
+    pub(super) iovcnt: i32,
 }
 
-unsafe fn req(bdev_io: *mut s::spdk_bdev_io) -> Req {
+pub(super) unsafe fn req(bdev_io: *mut s::spdk_bdev_io) -> Req {
     unsafe {
         let b = &(*bdev_io).u.bdev;
         Req {
@@ -194,22 +193,18 @@ pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void
                 std::sync::Arc::increment_strong_count(io_device as *const Node);
                 std::sync::Arc::from_raw(io_device as *const Node)
             };
-            let shared = Rc::new(RemoteShared {
-                node: node_arc,
-                remote_ch: Cell::new(legs[1]),
-                head: Cell::new(null_mut()),
-                tail: Cell::new(null_mut()),
-                free: RefCell::new(Vec::new()),
-                timeout_ticks: u64::try_from(timeout_us * hz / 1_000_000).unwrap_or(u64::MAX),
-                release_when_idle: Cell::new(false),
-            });
+            let shared = Rc::new(RemoteShared::new(
+                node_arc,
+                legs[1],
+                u64::try_from(timeout_us * hz / 1_000_000).unwrap_or(u64::MAX),
+            ));
             let period = u64::try_from(timeout_us / 4)
                 .unwrap_or(u64::MAX)
                 .clamp(1_000, 100_000);
             // SAFETY: the channel keeps the shared state alive until it unregisters this.
             let poller = unsafe {
                 s::spdk_poller_register(
-                    Some(remote_timeout_poll),
+                    Some(primary::remote_timeout_poll),
                     Rc::as_ptr(&shared) as *mut c_void,
                     period,
                 )
@@ -353,7 +348,7 @@ unsafe extern "C" fn resubmit(arg: *mut c_void) {
 }
 
 /// A child submission returned -ENOMEM: retry the whole request when `leg` has room.
-unsafe fn queue_retry(
+pub(super) unsafe fn queue_retry(
     bdev_io: *mut s::spdk_bdev_io,
     leg_bdev: *mut s::spdk_bdev,
     leg_ch: *mut s::spdk_io_channel,
@@ -377,7 +372,7 @@ unsafe fn dispatch(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io) {
         match (&node.role, ob.kind) {
             (Role::Secondary(_), Kind::Top) => top(node, chan, bdev_io),
             (Role::Secondary(_), Kind::Ingress) => ingress(node, chan, bdev_io),
-            (Role::Primary(_), _) => primary(node, chan, bdev_io),
+            (Role::Primary(_), _) => primary::submit(node, chan, bdev_io),
             (Role::Secondary(_), Kind::Primary) => complete(bdev_io, false),
         }
     }
@@ -385,7 +380,7 @@ unsafe fn dispatch(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io) {
 
 /// Which child operation to issue.
 #[derive(Clone, Copy)]
-enum Child {
+pub(super) enum Child {
     Read,
     Write,
     WriteZeroes,
@@ -394,7 +389,7 @@ enum Child {
     Reset,
 }
 
-fn child_of(ty: u32) -> Option<Child> {
+pub(super) fn child_of(ty: u32) -> Option<Child> {
     Some(match ty {
         s::SPDK_BDEV_IO_TYPE_READ => Child::Read,
         s::SPDK_BDEV_IO_TYPE_WRITE => Child::Write,
@@ -407,7 +402,7 @@ fn child_of(ty: u32) -> Option<Child> {
 }
 
 /// Issues `op` for `r`'s range (iovecs for reads and writes) on one leg.
-unsafe fn issue(
+pub(super) unsafe fn issue(
     desc: *mut s::spdk_bdev_desc,
     ch: *mut s::spdk_io_channel,
     op: Child,
@@ -707,7 +702,7 @@ unsafe fn zero_iovs(r: &Req) {
 }
 
 /// Copies between a contiguous buffer and the request's iovecs, from byte `skip` on.
-unsafe fn copy_iovs(r: &Req, skip: usize, buf: &SpdkBuf, to_iovs: bool) {
+pub(super) unsafe fn copy_iovs(r: &Req, skip: usize, buf: &SpdkBuf, to_iovs: bool) {
     unsafe {
         let mut skip = skip;
         let mut done = 0usize;
@@ -735,7 +730,7 @@ unsafe fn copy_iovs(r: &Req, skip: usize, buf: &SpdkBuf, to_iovs: bool) {
     }
 }
 
-fn block_size(r_node: &Node) -> u64 {
+pub(super) fn block_size(r_node: &Node) -> u64 {
     u64::from(r_node.legs[0].block_size())
 }
 
@@ -780,7 +775,7 @@ unsafe fn guest_buf(r: &Req, bs: u64, fill_from_iovs: bool) -> Result<(SpdkBuf, 
 }
 
 /// Runs the request through the engine's driver on this reactor.
-unsafe fn slow(bdev_io: *mut s::spdk_bdev_io) {
+pub(super) unsafe fn slow(bdev_io: *mut s::spdk_bdev_io) {
     exec::spawn(async move {
         // SAFETY: the bdev (and node) cannot go away while this request is outstanding.
         let r = unsafe { run_slow(bdev_io).await };
@@ -799,7 +794,13 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
             // Writes while a sync or verify runs: under the region locks.
             let rt = super::exec::SpdkRuntime;
             return match op {
-                Child::Write => p.write(&rt, r.lba, guest_buf(&r, bs, true)?.0).await,
+                Child::Write => {
+                    // Owned, never the guest's: a timed-out remote leg outlives the guest
+                    // request (spec 4).
+                    let buf = SpdkBuf::alloc((r.blocks * bs) as usize)?;
+                    copy_iovs(&r, 0, &buf, false);
+                    p.write(&rt, r.lba, buf).await
+                }
                 Child::WriteZeroes => p.write_zeroes(&rt, r.lba, r.blocks).await,
                 Child::Unmap => p.unmap(&rt, r.lba, r.blocks).await,
                 _ => Err(IoError::Io),
@@ -830,371 +831,5 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
             (Kind::Ingress, Child::Unmap) => sec.ingress_unmap(r.lba, r.blocks).await,
             _ => Err(IoError::Io),
         }
-    }
-}
-
-// ----------------------------------------------------------------------- primary --
-
-/// Per-channel state of the primary's remote leg: requests in flight, oldest first (an
-/// intrusive list), and a free list so steady-state forwarding allocates nothing.
-pub struct RemoteShared {
-    /// Kept alive by in-flight remote requests, which may outlive the channel and the bdev.
-    node: std::sync::Arc<Node>,
-    remote_ch: Cell<*mut s::spdk_io_channel>,
-    head: Cell<*mut RemoteReq>,
-    tail: Cell<*mut RemoteReq>,
-    /// Boxed: SPDK holds raw pointers to in-flight requests.
-    #[allow(clippy::vec_box)]
-    free: RefCell<Vec<Box<RemoteReq>>>,
-    timeout_ticks: u64,
-    /// The channel was given up while remote requests were still in flight: the last of
-    /// them puts the remote leg's channel (a bdev channel must outlive its I/O).
-    release_when_idle: Cell<bool>,
-}
-
-const INLINE_IOVS: usize = 16;
-
-/// One forwarded request. It lives until the remote really completes, even when the
-/// guest request was completed from the local leg after a timeout.
-pub struct RemoteReq {
-    shared: Option<Rc<RemoteShared>>,
-    guest: *mut s::spdk_bdev_io,
-    prev: *mut RemoteReq,
-    next: *mut RemoteReq,
-    submitted_at: u64,
-    link_gen: u64,
-    op: Child,
-    lba: u64,
-    blocks: u64,
-    /// A copy of the guest's iovec array: the guest's may be reused once it completes.
-    iovs: [s::iovec; INLINE_IOVS],
-    iovs_heap: Vec<s::iovec>,
-    iovcnt: i32,
-    wait: s::spdk_bdev_io_wait_entry,
-    timed_out: bool,
-}
-
-impl RemoteShared {
-    /// Stops forwarding on this channel. Returns true when requests are still in flight:
-    /// the remote channel is then put by the last of them, not by the caller.
-    fn release_remote_when_idle(&self) -> bool {
-        if self.head.get().is_null() {
-            self.remote_ch.set(null_mut());
-            false
-        } else {
-            self.release_when_idle.set(true);
-            true
-        }
-    }
-
-    fn push(&self, rr: *mut RemoteReq) {
-        unsafe {
-            (*rr).prev = self.tail.get();
-            (*rr).next = null_mut();
-            match self.tail.get() {
-                t if t.is_null() => self.head.set(rr),
-                t => (*t).next = rr,
-            }
-            self.tail.set(rr);
-        }
-    }
-    fn unlink(&self, rr: *mut RemoteReq) {
-        unsafe {
-            let (p, n) = ((*rr).prev, (*rr).next);
-            if p.is_null() {
-                self.head.set(n)
-            } else {
-                (*p).next = n
-            }
-            if n.is_null() {
-                self.tail.set(p)
-            } else {
-                (*n).prev = p
-            }
-        }
-    }
-}
-
-unsafe fn leg_done(bdev_io: *mut s::spdk_bdev_io) {
-    unsafe {
-        let ctx = ctx_of(bdev_io);
-        ctx.pending -= 1;
-        if ctx.pending == 0 {
-            if ctx.mark != Mark::None
-                && let Role::Primary(p) = &(&*our_bdev(bdev_io).node).role
-            {
-                let r = req(bdev_io);
-                match ctx.mark {
-                    Mark::LocalOnly | Mark::RemoteFailed => p.local_only_done(r.lba, r.blocks),
-                    Mark::Forwarded => p.forwarded_done(ctx.link_gen, r.lba, r.blocks),
-                    Mark::None => {}
-                }
-            }
-            complete(bdev_io, !ctx.failed);
-        }
-    }
-}
-
-unsafe extern "C" fn local_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        if !ok {
-            ctx_of(bdev_io).failed = true;
-        }
-        leg_done(bdev_io);
-    }
-}
-
-unsafe fn primary(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
-    unsafe {
-        let Role::Primary(p) = &node.role else {
-            unreachable!()
-        };
-        let r = req(bdev_io);
-        let Some(op) = child_of(r.ty) else {
-            complete(bdev_io, false);
-            return;
-        };
-        let plan = match op {
-            Child::Read | Child::Reset => PrimaryWritePlan::LocalOnly,
-            _ => p.plan_write(),
-        };
-        let modifies = matches!(op, Child::Write | Child::WriteZeroes | Child::Unmap);
-        // A sync or verify runs: writes take the region locks in the engine's driver.
-        let plan = match plan {
-            PrimaryWritePlan::Locked { .. } if modifies => {
-                slow(bdev_io);
-                return;
-            }
-            PrimaryWritePlan::Locked { link_gen } => PrimaryWritePlan::Both { link_gen },
-            p => p,
-        };
-        let Some(shared) = chan.remote.as_ref() else {
-            complete(bdev_io, false);
-            return;
-        };
-        // A flush skips legs without flush support (spec 4).
-        let skip = |leg: usize| matches!(op, Child::Flush) && !node.legs[leg].supports_flush();
-        let link = match plan {
-            PrimaryWritePlan::Both { link_gen } | PrimaryWritePlan::Locked { link_gen } => {
-                Some(link_gen)
-            }
-            PrimaryWritePlan::LocalOnly => None,
-        };
-        let forward = match link {
-            Some(_) if skip(1) => None,
-            Some(link_gen) if !shared.remote_ch.get().is_null() => Some(link_gen),
-            Some(_) => {
-                p.break_link();
-                None
-            }
-            None => None,
-        };
-        let ctx = ctx_of(bdev_io);
-        ctx.failed = false;
-        ctx.mark = match (modifies, forward) {
-            (false, _) => Mark::None,
-            (true, None) => Mark::LocalOnly,
-            (true, Some(g)) => {
-                ctx.link_gen = g;
-                Mark::Forwarded
-            }
-        };
-        let local = !skip(0);
-        if matches!(op, Child::Flush) {
-            p.count_flush(local, forward.is_some());
-        }
-        ctx.pending = u32::from(local) + u32::from(forward.is_some());
-        if ctx.pending == 0 {
-            complete(bdev_io, true);
-            return;
-        }
-        let rc = if !local {
-            0
-        } else {
-            issue(
-                node.legs[0].desc(),
-                chan.legs[0],
-                op,
-                &r,
-                Some(local_done),
-                bdev_io.cast(),
-            )
-        };
-        if rc != 0 {
-            if rc == -ENOMEM {
-                queue_retry(bdev_io, node.legs[0].0.bdev, chan.legs[0]);
-            } else {
-                complete(bdev_io, false);
-            }
-            return;
-        }
-        let Some(link_gen) = forward else { return };
-        p.count_forwarded();
-        let mut rr = shared.free.borrow_mut().pop().unwrap_or_else(|| {
-            Box::new(RemoteReq {
-                shared: None,
-                guest: null_mut(),
-                prev: null_mut(),
-                next: null_mut(),
-                submitted_at: 0,
-                link_gen: 0,
-                op: Child::Flush,
-                lba: 0,
-                blocks: 0,
-                iovs: [s::iovec {
-                    iov_base: null_mut(),
-                    iov_len: 0,
-                }; INLINE_IOVS],
-                iovs_heap: Vec::new(),
-                iovcnt: 0,
-                wait: s::spdk_bdev_io_wait_entry::default(),
-                timed_out: false,
-            })
-        });
-        rr.shared = Some(shared.clone());
-        rr.guest = bdev_io;
-        rr.submitted_at = s::spdk_get_ticks();
-        rr.link_gen = link_gen;
-        rr.op = op;
-        rr.lba = r.lba;
-        rr.blocks = r.blocks;
-        rr.timed_out = false;
-        rr.iovcnt = r.iovcnt;
-        rr.iovs_heap.clear();
-        if matches!(op, Child::Write) {
-            let src = std::slice::from_raw_parts(r.iovs, r.iovcnt as usize);
-            if src.len() <= INLINE_IOVS {
-                rr.iovs[..src.len()].copy_from_slice(src);
-            } else {
-                rr.iovs_heap.extend_from_slice(src);
-            }
-        }
-        let rr = Box::into_raw(rr);
-        shared.push(rr);
-        submit_remote(rr);
-    }
-}
-
-unsafe extern "C" fn remote_retry(arg: *mut c_void) {
-    unsafe { submit_remote(arg.cast()) };
-}
-
-unsafe fn submit_remote(rr: *mut RemoteReq) {
-    unsafe {
-        let shared = (*rr).shared.clone().expect("in flight");
-        let node = &*shared.node;
-        let iovs = if (*rr).iovs_heap.is_empty() {
-            (*rr).iovs.as_mut_ptr()
-        } else {
-            (*rr).iovs_heap.as_mut_ptr()
-        };
-        let r = Req {
-            ty: 0,
-            lba: (*rr).lba,
-            blocks: (*rr).blocks,
-            iovs,
-            iovcnt: (*rr).iovcnt,
-        };
-        let rc = issue(
-            node.legs[1].desc(),
-            shared.remote_ch.get(),
-            (*rr).op,
-            &r,
-            Some(remote_done),
-            rr.cast(),
-        );
-        if rc == -ENOMEM {
-            let w = &mut (*rr).wait;
-            w.bdev = node.legs[1].0.bdev;
-            w.cb_fn = Some(remote_retry);
-            w.cb_arg = rr.cast();
-            if s::spdk_bdev_queue_io_wait(w.bdev, shared.remote_ch.get(), w) == 0 {
-                return;
-            }
-        }
-        if rc != 0 {
-            remote_finish(rr, false);
-        }
-    }
-}
-
-unsafe extern "C" fn remote_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    unsafe {
-        s::spdk_bdev_free_io(child);
-        remote_finish(arg.cast(), ok);
-    }
-}
-
-unsafe fn remote_finish(rr: *mut RemoteReq, ok: bool) {
-    unsafe {
-        let shared = (*rr).shared.take().expect("in flight");
-        let node = &*shared.node;
-        let Role::Primary(p) = &node.role else {
-            unreachable!()
-        };
-        let modifies = matches!((*rr).op, Child::Write | Child::WriteZeroes | Child::Unmap);
-        if !ok && !(*rr).timed_out {
-            if modifies {
-                p.record_remote_write_failure((*rr).link_gen, false, (*rr).lba, (*rr).blocks);
-                if !(*rr).guest.is_null() {
-                    ctx_of((*rr).guest).mark = Mark::RemoteFailed;
-                }
-            } else {
-                p.record_remote_failure((*rr).link_gen, false);
-            }
-        }
-        if (*rr).timed_out {
-            p.detached_done();
-        }
-        shared.unlink(rr);
-        if shared.release_when_idle.get() && shared.head.get().is_null() {
-            let ch = shared.remote_ch.replace(null_mut());
-            if !ch.is_null() {
-                s::spdk_put_io_channel(ch);
-            }
-        }
-        let guest = std::mem::replace(&mut (*rr).guest, null_mut());
-        shared.free.borrow_mut().push(Box::from_raw(rr));
-        if !guest.is_null() {
-            leg_done(guest);
-        }
-    }
-}
-
-/// Completes, from the local leg, guest requests whose remote leg is overdue, and breaks
-/// the link. The remote request itself stays until it really ends.
-unsafe extern "C" fn remote_timeout_poll(arg: *mut c_void) -> i32 {
-    unsafe {
-        let shared = &*(arg as *const RemoteShared);
-        let node = &*shared.node;
-        let Role::Primary(p) = &node.role else {
-            unreachable!()
-        };
-        let now = s::spdk_get_ticks();
-        let mut rr = shared.head.get();
-        let mut busy = 0;
-        while !rr.is_null() && now.saturating_sub((*rr).submitted_at) > shared.timeout_ticks {
-            if !(*rr).timed_out {
-                (*rr).timed_out = true;
-                p.detach();
-                let guest = std::mem::replace(&mut (*rr).guest, null_mut());
-                if matches!((*rr).op, Child::Write | Child::WriteZeroes | Child::Unmap) {
-                    p.record_remote_write_failure((*rr).link_gen, true, (*rr).lba, (*rr).blocks);
-                    if !guest.is_null() {
-                        ctx_of(guest).mark = Mark::RemoteFailed;
-                    }
-                } else {
-                    p.record_remote_failure((*rr).link_gen, true);
-                }
-                if !guest.is_null() {
-                    leg_done(guest);
-                }
-                busy = 1;
-            }
-            rr = (*rr).next;
-        }
-        busy
     }
 }

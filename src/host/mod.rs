@@ -8,6 +8,7 @@ mod exec;
 mod io;
 mod json;
 mod node;
+mod primary;
 mod rpc;
 
 use spdk_sys as s;

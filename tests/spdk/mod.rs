@@ -179,6 +179,13 @@ impl App {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `Some(status)` once the process has exited (a crash, say).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -302,15 +309,25 @@ pub struct Pair {
 }
 
 pub fn pair(env: &Env, remote_timeout_ms: Option<u64>) -> Pair {
+    pair_with(env, remote_timeout_ms, |_| {})
+}
+
+/// `pair`, with `edit` applied to each entry of the primary's bdev config first.
+pub fn pair_with(
+    env: &Env,
+    remote_timeout_ms: Option<u64>,
+    mut edit: impl FnMut(&mut Value),
+) -> Pair {
     let p = ports();
     let sec_cfg = config(env, "secondary.json", &[(4420, p), (4421, p + 1)]);
     let mut pri_cfg = config(env, "primary.json", &[(4420, p), (4430, p + 2)]);
-    if let Some(t) = remote_timeout_ms {
-        for e in pri_cfg["subsystems"][0]["config"].as_array_mut().unwrap() {
-            if e["method"] == "bdev_replication_create" {
-                e["params"]["remote_timeout_ms"] = json!(t);
-            }
+    for e in pri_cfg["subsystems"][0]["config"].as_array_mut().unwrap() {
+        if let Some(t) = remote_timeout_ms
+            && e["method"] == "bdev_replication_create"
+        {
+            e["params"]["remote_timeout_ms"] = json!(t);
         }
+        edit(e);
     }
     let sec = App::start(env, "secondary", &sec_cfg, 0);
     let pri = App::start(env, "primary", &pri_cfg, 1);
