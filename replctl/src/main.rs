@@ -57,7 +57,11 @@ fn run(cli: &Cli, request: &Request) -> anyhow::Result<()> {
             expect_true(&mut client, request)?;
         }
         Command::Resync { name, wait, .. } | Command::Verify { name, wait } => {
-            expect_true(&mut client, request)?;
+            if *wait {
+                start_when_not_busy(&mut client, request, Duration::from_secs(cli.timeout))?;
+            } else {
+                expect_true(&mut client, request)?;
+            }
             if *wait {
                 wait_for_sync(&mut client, name, &mut out)?;
             }
@@ -98,6 +102,36 @@ fn expect_true(client: &mut Client, request: &Request) -> anyhow::Result<()> {
         bail!("{}: server returned false", request.method);
     }
     Ok(())
+}
+
+/// With `--wait`, a refusal because timed-out remote requests are still pending (EBUSY: a
+/// reconnected remote retries them shortly) is waited out, up to `limit`, like the job.
+fn start_when_not_busy(
+    client: &mut Client,
+    request: &Request,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    const EBUSY: i64 = -16;
+    let deadline = std::time::Instant::now() + limit;
+    let mut said = false;
+    loop {
+        match client.call_as::<bool>(request) {
+            Ok(true) => return Ok(()),
+            Ok(false) => bail!("{}: server returned false", request.method),
+            Err(replctl::client::Error::Rpc { code, message, .. })
+                if code == EBUSY
+                    && message.contains("timed-out remote request")
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    eprintln!("{message}; waiting");
+                    said = true;
+                }
+                thread::sleep(POLL_INTERVAL);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Polls a primary's status until its sync or verify has ended, drawing a byte progress

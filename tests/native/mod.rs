@@ -64,6 +64,42 @@ pub struct Node {
     pub dir: PathBuf,
 }
 
+/// Which host a node runs: the same binary, `--host native|spdk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    Native,
+    Spdk,
+}
+
+impl Host {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Host::Native => "native",
+            Host::Spdk => "spdk",
+        }
+    }
+}
+
+/// SPDK processes poll their cores: tests on the SPDK host take turns.
+static SPDK_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// For a test on `host`: `None` (after one line saying why) when that host cannot run here;
+/// otherwise a guard that serialises SPDK tests within this binary.
+pub fn host_or_skip(host: Host, test: &str) -> Option<Option<std::sync::MutexGuard<'static, ()>>> {
+    match host {
+        Host::Native => Some(None),
+        Host::Spdk if !spdk_replication::SPDK_FOUND => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped {test}: SPDK was not found when building (see README, \"SPDK discovery\")"
+            );
+            None
+        }
+        Host::Spdk => Some(Some(SPDK_SERIAL.lock().unwrap_or_else(|e| e.into_inner()))),
+    }
+}
+
 impl Node {
     /// Starts a native node with `config` and waits until `framework_wait_init` answers.
     pub fn start(dir: &Path, name: &str, config: &Value, mask: &str) -> Node {
@@ -73,20 +109,29 @@ impl Node {
     }
 
     pub fn start_file(dir: &Path, name: &str, cfg: &Path, mask: &str) -> Node {
+        Self::start_on(Host::Native, dir, name, cfg, mask)
+    }
+
+    /// Starts a node of either host from a config file (same command line for both).
+    pub fn start_on(host: Host, dir: &Path, name: &str, cfg: &Path, mask: &str) -> Node {
         let cfg = cfg.to_string_lossy().into_owned();
-        Self::spawn(dir, name, &["-m", mask, "--json", &cfg], true)
+        Self::spawn_on(host, dir, name, &["-m", mask, "--json", &cfg], true)
     }
 
     /// Starts a native node with SPDK's usual script options plus `args`; waits until the
     /// RPC socket answers `framework_wait_init` (`wait_init`) or `spdk_get_version`.
     pub fn spawn(dir: &Path, name: &str, args: &[&str], wait_init: bool) -> Node {
+        Self::spawn_on(Host::Native, dir, name, args, wait_init)
+    }
+
+    pub fn spawn_on(host: Host, dir: &Path, name: &str, args: &[&str], wait_init: bool) -> Node {
         let sock = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&sock);
         let child = Command::new(env!("CARGO_BIN_EXE_replication_tgt"))
             .current_dir(dir)
             .arg("--host")
-            .arg("native")
+            .arg(host.arg())
             // SPDK's options scripts pass: accepted and ignored.
             .args([
                 "--no-huge",
@@ -379,9 +424,23 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Reads `nblocks` from `lba` in transfers of at most 1 MiB (the initiator's limit).
+/// Blocks per transfer: the controller's MDTS (SPDK's target: 128 KiB), at most 1 MiB.
+fn per_transfer(c: &Controller) -> u32 {
+    (c.info().max_transfer.min(1 << 20) / BS).max(1) as u32
+}
+
+/// Writes `data` at `lba` in transfers the controller accepts.
+pub fn write_all(c: &Controller, lba: u64, data: &[u8]) {
+    let per = per_transfer(c) as usize * BS;
+    for (i, chunk) in data.chunks(per).enumerate() {
+        let at = lba + (i * per / BS) as u64;
+        c.blocking().write(1, at, chunk.to_vec()).unwrap();
+    }
+}
+
+/// Reads `nblocks` from `lba` in transfers the controller accepts.
 pub fn read_all(c: &Controller, lba: u64, nblocks: u32) -> Vec<u8> {
-    let per = (1 << 20) / BS as u32;
+    let per = per_transfer(c);
     let mut out = Vec::with_capacity(nblocks as usize * BS);
     let mut at = 0;
     while at < nblocks {

@@ -152,6 +152,9 @@ pub(crate) fn parse<M: GuestMemory>(
     let mut readable = Vec::new();
     let mut writable = Vec::new();
     let mut malformed = false;
+    // Whether the chain's last non-empty writable descriptor is in guest memory: if not,
+    // its last byte (the status) cannot be written, and no other byte may stand in for it.
+    let mut last_writable_ok = true;
     for d in descs {
         if d.len() == 0 {
             continue;
@@ -161,7 +164,11 @@ pub(crate) fn parse<M: GuestMemory>(
         } else {
             Permissions::Read
         };
-        if !mem.check_range(d.addr(), d.len() as usize, access) {
+        let ok = mem.check_range(d.addr(), d.len() as usize, access);
+        if d.is_write_only() {
+            last_writable_ok = ok;
+        }
+        if !ok {
             malformed = true;
             continue;
         }
@@ -176,6 +183,7 @@ pub(crate) fn parse<M: GuestMemory>(
     }
     // The status byte is the chain's last writable byte.
     let status = match writable.last_mut() {
+        Some(_) if !last_writable_ok => None,
         Some((addr, len)) => {
             let at = addr.checked_add(u64::from(*len - 1));
             *len -= 1;
@@ -286,3 +294,7 @@ pub(crate) fn parse<M: GuestMemory>(
         status,
     }
 }
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

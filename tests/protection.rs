@@ -1,7 +1,8 @@
-//! The protection lifecycle on two native processes over loopback NVMe/TCP (issue 10): a full
-//! sync under guest writes, an incremental resync after the secondary restarts on its
-//! file-backed base, and online verify finding a region corrupted behind the module's back
-//! (and none under write load), with byte-exact disk comparisons.
+//! The protection lifecycle on two processes over loopback NVMe/TCP (issue 10), on each host
+//! (native, and SPDK where it is installed): a full sync under guest writes, an incremental
+//! resync after the secondary restarts on its file-backed base, and online verify finding a
+//! region corrupted behind the module's back (and none under write load), with byte-exact
+//! disk comparisons. The project's initiator drives both hosts' NVMe-oF targets.
 
 mod native;
 
@@ -38,7 +39,7 @@ fn malloc(name: &str) -> Value {
 }
 
 /// A secondary whose base is a file (kept across restarts); ingress exported on `port`.
-fn secondary(dir: &Path, port: u16) -> Node {
+fn secondary(host: Host, dir: &Path, port: u16) -> Node {
     let base = dir.join("svm0_base.img");
     if !base.exists() {
         std::fs::File::create(&base)
@@ -54,7 +55,8 @@ fn secondary(dir: &Path, port: u16) -> Node {
     ));
     let cfg = json!({"subsystems": [
         {"subsystem": "bdev", "config": [
-            {"method": "bdev_uring_create", "params": {"name": "svm0_base",
+            // bdev_aio: the file bdev both hosts have (SPDK's uring module is optional).
+            {"method": "bdev_aio_create", "params": {"name": "svm0_base",
              "filename": base, "block_size": BS}},
             malloc("svm0_hidden"),
             malloc("svm0_active"),
@@ -64,7 +66,7 @@ fn secondary(dir: &Path, port: u16) -> Node {
         ]},
         {"subsystem": "nvmf", "config": nvmf},
     ]});
-    let n = Node::start(dir, "secondary", &cfg, "0x1");
+    let n = start(host, dir, "secondary", &cfg, "0x1");
     n.ok(
         "bdev_replication_start",
         json!({"name": "svm0", "mode": "secondary"}),
@@ -74,7 +76,7 @@ fn secondary(dir: &Path, port: u16) -> Node {
 
 /// A primary replicating to the ingress on `ingress_port` (reconnecting forever), exported
 /// on `port`.
-fn primary(dir: &Path, ingress_port: u16, port: u16) -> Node {
+fn primary(host: Host, dir: &Path, ingress_port: u16, port: u16) -> Node {
     let mut nvmf = vec![json!({"method": "nvmf_create_transport", "params": {"trtype": "TCP"}})];
     nvmf.extend(export("nqn.2016-06.io.spdk:pvm0", "pvm0", port));
     let cfg = json!({"subsystems": [
@@ -90,10 +92,19 @@ fn primary(dir: &Path, ingress_port: u16, port: u16) -> Node {
         ]},
         {"subsystem": "nvmf", "config": nvmf},
     ]});
-    Node::start(dir, "primary", &cfg, "0x2")
+    start(host, dir, "primary", &cfg, "0x2")
+}
+
+fn start(host: Host, dir: &Path, name: &str, cfg: &Value, mask: &str) -> Node {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+    Node::start_on(host, dir, name, &path, mask)
 }
 
 struct Setup {
+    host: Host,
+    // Dropped last: the nodes go first.
+    _serial: Option<std::sync::MutexGuard<'static, ()>>,
     _tmp: tempfile::TempDir,
     sec: Node,
     pri: Node,
@@ -102,12 +113,15 @@ struct Setup {
     ingress_port: u16,
 }
 
-fn setup() -> Setup {
+fn setup(host: Host, test: &str) -> Option<Setup> {
+    let serial = host_or_skip(host, test)?;
     let tmp = tempfile::tempdir().unwrap();
     let p = ports();
-    let sec = secondary(tmp.path(), p);
-    let pri = primary(tmp.path(), p, p + 1);
-    Setup {
+    let sec = secondary(host, tmp.path(), p);
+    let pri = primary(host, tmp.path(), p, p + 1);
+    Some(Setup {
+        host,
+        _serial: serial,
         _tmp: tmp,
         sec,
         pri,
@@ -120,7 +134,7 @@ fn setup() -> Setup {
             nqn: "nqn.2016-06.io.spdk:pvm0".into(),
         },
         ingress_port: p,
-    }
+    })
 }
 
 fn sync(n: &Node) -> Value {
@@ -171,7 +185,7 @@ fn writer(disk: Export, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
             x ^= x >> 7;
             x ^= x << 17;
             let lba = x % u64::from(BLOCKS);
-            c.blocking().write(1, lba, block(lba, n + 1)).unwrap();
+            write_all(&c, lba, &block(lba, n + 1));
             n += 1;
         }
         n
@@ -179,13 +193,24 @@ fn writer(disk: Export, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
 }
 
 #[test]
-fn full_sync_under_guest_writes_makes_the_disks_equal() {
-    let s = setup();
+fn full_sync_under_guest_writes_makes_the_disks_equal_native() {
+    full_sync_under_guest_writes(Host::Native);
+}
+
+#[test]
+fn full_sync_under_guest_writes_makes_the_disks_equal_spdk() {
+    full_sync_under_guest_writes(Host::Spdk);
+}
+
+fn full_sync_under_guest_writes(host: Host) {
+    let Some(s) = setup(host, &format!("full_sync_under_guest_writes ({host:?})")) else {
+        return;
+    };
     // Unsynced disks: the primary's differs from the (zero) secondary base everywhere.
     let d = s.disk.connect();
     for lba in (0..u64::from(BLOCKS)).step_by(256) {
         let data: Vec<u8> = (0..256).flat_map(|i| block(lba + i, 0)).collect();
-        d.blocking().write(1, lba, data).unwrap();
+        write_all(&d, lba, &data);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(s.disk.clone(), stop.clone());
@@ -207,24 +232,34 @@ fn full_sync_under_guest_writes_makes_the_disks_equal() {
 }
 
 #[test]
-fn incremental_resync_after_a_secondary_restart_copies_only_dirty_regions() {
-    let mut s = setup();
+fn incremental_resync_after_a_secondary_restart_copies_only_dirty_regions_native() {
+    incremental_resync_after_a_secondary_restart(Host::Native);
+}
+
+#[test]
+fn incremental_resync_after_a_secondary_restart_copies_only_dirty_regions_spdk() {
+    incremental_resync_after_a_secondary_restart(Host::Spdk);
+}
+
+fn incremental_resync_after_a_secondary_restart(host: Host) {
+    let test = format!("incremental_resync_after_a_secondary_restart ({host:?})");
+    let Some(mut s) = setup(host, &test) else {
+        return;
+    };
     s.pri.ok(
         "bdev_replication_start",
         json!({"name": "pvm0", "mode": "primary"}),
     );
     let d = s.disk.connect();
     let all: Vec<u8> = (0..256).flat_map(|i| block(i, 0)).collect();
-    d.blocking().write(1, 0, all).unwrap();
+    write_all(&d, 0, &all);
     assert_disks_equal(&s, "replicated before the restart");
 
     s.sec.kill();
     // Scattered writes, each in a region of its own, while the secondary is gone.
     let regions = [3u64, 17, 40, 41, 200];
     for r in regions {
-        d.blocking()
-            .write(1, r * REGION_BLOCKS + 5, block(r, 7))
-            .unwrap();
+        write_all(&d, r * REGION_BLOCKS + 5, &block(r, 7));
     }
     let st = sync(&s.pri);
     assert_eq!(st["state"], "out_of_sync", "{st}");
@@ -235,7 +270,7 @@ fn incremental_resync_after_a_secondary_restart_copies_only_dirty_regions() {
     );
 
     let dir = s.sec.dir.clone();
-    s.sec = secondary(&dir, s.ingress_port);
+    s.sec = secondary(s.host, &dir, s.ingress_port);
     // The primary's controller reconnects by itself; resync once it is back.
     wait_for(30, "the remote controller to reconnect", || {
         s.pri
@@ -269,8 +304,19 @@ fn incremental_resync_after_a_secondary_restart_copies_only_dirty_regions() {
 }
 
 #[test]
-fn verify_finds_a_corrupted_region_resync_repairs_it_and_writes_give_no_false_mismatch() {
-    let s = setup();
+fn verify_finds_a_corrupted_region_resync_repairs_it_and_writes_give_no_false_mismatch_native() {
+    verify_and_repair(Host::Native);
+}
+
+#[test]
+fn verify_finds_a_corrupted_region_resync_repairs_it_and_writes_give_no_false_mismatch_spdk() {
+    verify_and_repair(Host::Spdk);
+}
+
+fn verify_and_repair(host: Host) {
+    let Some(s) = setup(host, &format!("verify_and_repair ({host:?})")) else {
+        return;
+    };
     s.pri.ok(
         "bdev_replication_start",
         json!({"name": "pvm0", "mode": "primary"}),
@@ -278,7 +324,7 @@ fn verify_finds_a_corrupted_region_resync_repairs_it_and_writes_give_no_false_mi
     let d = s.disk.connect();
     for lba in [0u64, 256] {
         let data: Vec<u8> = (lba..lba + 256).flat_map(|i| block(i, 1)).collect();
-        d.blocking().write(1, lba, data).unwrap();
+        write_all(&d, lba, &data);
     }
 
     // Verify under write load: writes in flight never count as mismatches.
