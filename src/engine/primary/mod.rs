@@ -90,7 +90,8 @@ pub struct Primary<D: BlockDevice> {
     /// load on the hot path. A remote failure of an older generation is stale.
     link: AtomicU64,
     error: AtomicBool,
-    dirty: DirtyMap,
+    /// Shared with a retired secondary's late writes after a reprotect.
+    dirty: Arc<DirtyMap>,
     /// Per-region serialisation of sync copies, verify compares and (while a job runs)
     /// guest writes.
     regions: ClusterLocks,
@@ -145,7 +146,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
             });
         }
         Ok(Primary {
-            dirty: DirtyMap::new(local.num_blocks(), g / bs),
+            dirty: Arc::new(DirtyMap::new(local.num_blocks(), g / bs)),
             local,
             remote,
             config,
@@ -185,6 +186,11 @@ impl<D: BlockDevice + Clone> Primary<D> {
     /// The dirty map (regions that may differ on the remote).
     pub fn dirty(&self) -> &DirtyMap {
         &self.dirty
+    }
+    /// The dirty map, shared: a retired secondary marks its late writes in it
+    /// ([`crate::engine::Secondary::retire`]).
+    pub fn dirty_map(&self) -> Arc<DirtyMap> {
+        self.dirty.clone()
     }
     /// Timed-out remote requests still pending.
     pub fn detached(&self) -> u64 {
@@ -357,6 +363,28 @@ impl<D: BlockDevice + Clone> Primary<D> {
             }
             Stage::Failover | Stage::Done => Ok(false),
         }
+    }
+
+    /// `bdev_replication_reprotect`'s start of a primary built over a promoted secondary's
+    /// base (stage `none`): `Full` marks every region and begins a sync (`Ok(true)`: the
+    /// caller runs [`Primary::run_job`]); `None` keeps the map as it is (fresh, so clean
+    /// but for late writes of the retired secondary, which it must not lose).
+    pub fn start_promoted(&self, sync: SyncMode) -> Result<bool, ReplicationError> {
+        if self.stage() != Stage::None {
+            return Err(ReplicationError::RunningOrDone);
+        }
+        let full = sync == SyncMode::Full;
+        if full {
+            self.dirty.mark_all();
+            self.begin_job(sync::Job::Sync)?;
+        }
+        self.reset_link(full);
+        self.stage.set(Stage::Running);
+        tracing::info!(
+            full_sync = full,
+            "replication started (reprotected primary)"
+        );
+        Ok(full)
     }
 
     /// A no-op in every stage (spec 4): the checkpoint is the secondary's business.

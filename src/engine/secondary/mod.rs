@@ -4,12 +4,15 @@
 use crate::engine::alloc_map::{AllocMap, AllocState};
 use crate::engine::cluster_lock::ClusterLocks;
 use crate::engine::device::{BlockDevice, IoBuf, IoError, WriteOp};
+use crate::engine::dirty::DirtyMap;
 use crate::engine::gate::IoGate;
 use crate::engine::stage::AtomicStage;
-use crate::engine::{Geometry, Mode, ReplicationError, Stage};
+use crate::engine::{Geometry, ReplicationError, Stage};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 
+mod control;
 mod merge;
 
 /// Default COW cluster size in bytes; see README "COW granularity" for the measurement.
@@ -122,6 +125,9 @@ pub struct Secondary<D: BlockDevice> {
     merge_total: AtomicU64,
     merge_done: AtomicU64,
     counters: Counters,
+    /// Set by a reprotect: the promoted primary's dirty map, where top writes that still
+    /// took this (retired) path mark their regions once they reach the base.
+    retired: OnceLock<Arc<DirtyMap>>,
 }
 
 impl<D: BlockDevice> Secondary<D> {
@@ -171,6 +177,7 @@ impl<D: BlockDevice> Secondary<D> {
             merge_total: AtomicU64::new(0),
             merge_done: AtomicU64::new(0),
             counters: Counters::default(),
+            retired: OnceLock::new(),
         })
     }
 
@@ -453,7 +460,15 @@ impl<D: BlockDevice> Secondary<D> {
             match self.plan_top_write(lba, n) {
                 TopWritePlan::Refused => return Err(IoError::Io),
                 TopWritePlan::Active => return self.write_active(lba, op).await,
-                TopWritePlan::Base => return op.issue(&self.base, lba).await,
+                TopWritePlan::Base => {
+                    let r = op.issue(&self.base, lba).await;
+                    if let Some(map) = self.retired.get() {
+                        // Reached the base behind the promoted primary's back: the remote
+                        // may lack it (marked even on failure, as the primary's local leg).
+                        map.mark_range(lba, n);
+                    }
+                    return r;
+                }
                 TopWritePlan::Slow if self.stage() == Stage::Failover => {
                     // Merge every touched cluster that still has overlay data, then write
                     // through: the SVM's own writes thus push the merge forward. If a merge
@@ -589,100 +604,6 @@ impl<D: BlockDevice> Secondary<D> {
                 Err(e)
             }
         }
-    }
-
-    // ------------------------------------------------------------------ control path --
-
-    /// `start` (spec 5.6). Device existence and writability are the host's checks.
-    pub async fn start(&self, mode: Option<Mode>) -> Result<(), ReplicationError> {
-        let _ctl = self.control.lock().await;
-        match self.stage() {
-            Stage::None => {
-                if let Some(m) = mode.filter(|m| *m != Mode::Secondary) {
-                    return Err(ReplicationError::ModeMismatch {
-                        have: Mode::Secondary,
-                        got: m,
-                    });
-                }
-                let _hold = self.gate.hold().await;
-                self.empty_overlays();
-                self.error.store(false, SeqCst);
-                self.stage.set(Stage::Running);
-                tracing::info!("replication started (secondary)");
-                Ok(())
-            }
-            Stage::Running | Stage::FailoverFailed => Err(ReplicationError::RunningOrDone),
-            Stage::Failover | Stage::Done => Ok(()),
-        }
-    }
-
-    /// Re-arms COW for every cluster and empties both overlays: epoch bumps, O(1).
-    fn empty_overlays(&self) {
-        self.hidden_map.clear_all();
-        self.active_map.clear_all();
-    }
-
-    /// `checkpoint` (spec 5.3): holds new I/O, drains in-flight I/O, then empties.
-    pub async fn checkpoint(&self) -> Result<(), ReplicationError> {
-        let _ctl = self.control.lock().await;
-        match self.stage() {
-            Stage::Running => {
-                let _hold = self.gate.hold().await;
-                self.empty_overlays();
-                self.counters.checkpoints.fetch_add(1, Relaxed);
-                Ok(())
-            }
-            Stage::None | Stage::FailoverFailed => Err(ReplicationError::NotRunning),
-            Stage::Failover | Stage::Done => Ok(()),
-        }
-    }
-
-    /// `stop` (spec 5.4, 5.5). With failover this only switches to `failover` and returns
-    /// `true` to the one caller that did so: that caller runs the merge
-    /// ([`Secondary::run_merge`]) as a background task. Overlapping calls get `false`.
-    pub async fn stop(&self, failover: bool) -> Result<bool, ReplicationError> {
-        let _ctl = self.control.lock().await;
-        match (self.stage(), failover) {
-            (Stage::Running, false) => {
-                let _hold = self.gate.hold().await;
-                self.empty_overlays();
-                self.counters.checkpoints.fetch_add(1, Relaxed);
-                self.stage.set(Stage::Done);
-                tracing::info!("replication stopped without failover; top now serves the base");
-                Ok(false)
-            }
-            (Stage::Running, true) | (Stage::FailoverFailed, true) => {
-                // Hold so that no ingress write that passed its stage check is still on its
-                // way to the base when the merge starts.
-                let _hold = self.gate.hold().await;
-                self.error.store(false, SeqCst);
-                self.merge_cursor.store(0, SeqCst);
-                self.merge_done.store(0, SeqCst);
-                self.merge_total.store(self.overlay_bytes(), SeqCst);
-                self.stage.set(Stage::Failover);
-                tracing::info!(
-                    total_bytes = self.merge_total.load(SeqCst),
-                    "failover: merge started"
-                );
-                Ok(true)
-            }
-            (Stage::None, _) | (Stage::FailoverFailed, false) => Err(ReplicationError::NotRunning),
-            (Stage::Failover, _) | (Stage::Done, _) => Ok(false),
-        }
-    }
-
-    /// True while a failover merge is in progress (a host's delete waits for this).
-    pub fn is_merging(&self) -> bool {
-        self.stage() == Stage::Failover
-    }
-
-    /// Whether `bdev_replication_delete` may proceed (spec 5.5): in `failover_failed` the
-    /// overlays hold SVM data the base lacks, so only `force` deletes.
-    pub fn check_delete(&self, force: bool) -> Result<(), ReplicationError> {
-        if self.stage() == Stage::FailoverFailed && !force {
-            return Err(ReplicationError::UnmergedData);
-        }
-        Ok(())
     }
 }
 
