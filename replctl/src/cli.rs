@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::api::{
-    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, Request, ResyncParams,
-    StartParams, StopParams, SyncMode, VerifyParams,
+    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, ReprotectParams, Request,
+    ResyncParams, StartParams, StopParams, SyncMode, VerifyParams,
 };
 use crate::client::DEFAULT_SOCKET;
 
@@ -61,6 +61,21 @@ pub enum Command {
         /// Copy every region, not only the dirty ones
         #[arg(long)]
         full: bool,
+        /// Wait, showing progress, until the copy has finished
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Turn a promoted secondary (stage done) into a primary replicating to REMOTE_BDEV,
+    /// in place: same bdev, exports and guest connections
+    Reprotect {
+        /// Replication bdev name
+        name: String,
+        /// The new secondary's ingress, attached on this node (e.g. an NVMe-oF bdev)
+        remote_bdev: String,
+        /// `full` (default) copies the whole disk in the background; `none` asserts the
+        /// disks are equal
+        #[arg(long)]
+        sync: Option<SyncMode>,
         /// Wait, showing progress, until the copy has finished
         #[arg(long)]
         wait: bool,
@@ -192,6 +207,19 @@ impl Command {
             Command::Verify { name, .. } => {
                 Request::new(api::VERIFY, &VerifyParams { name: name.clone() })
             }
+            Command::Reprotect {
+                name,
+                remote_bdev,
+                sync,
+                ..
+            } => Request::new(
+                api::REPROTECT,
+                &ReprotectParams {
+                    name: name.clone(),
+                    remote_bdev: remote_bdev.clone(),
+                    sync: *sync,
+                },
+            ),
             Command::Checkpoint { name } => Request::new(api::CHECKPOINT, &name_params(name)),
             Command::Stop { name, failover, .. } => Request::new(
                 api::STOP,
@@ -560,6 +588,18 @@ mod tests {
                 Some(serde_json::json!({"name": "p0"}))
             )
         );
+        assert_eq!(
+            req(&["reprotect", "s0", "s1n1", "--wait"]),
+            (
+                "bdev_replication_reprotect".to_owned(),
+                Some(serde_json::json!({"name": "s0", "remote_bdev": "s1n1"}))
+            )
+        );
+        assert_eq!(
+            req(&["reprotect", "s0", "s1n1", "--sync", "none"]).1,
+            Some(serde_json::json!({"name": "s0", "remote_bdev": "s1n1", "sync": "none"}))
+        );
+        assert!(Cli::try_parse_from(["replctl", "reprotect", "s0"]).is_err());
         assert_eq!(
             req(&["start", "p0", "--sync", "full"]),
             (

@@ -56,7 +56,9 @@ fn run(cli: &Cli, request: &Request) -> anyhow::Result<()> {
         Command::Delete { .. } | Command::Start { .. } | Command::Checkpoint { .. } => {
             expect_true(&mut client, request)?;
         }
-        Command::Resync { name, wait, .. } | Command::Verify { name, wait } => {
+        Command::Resync { name, wait, .. }
+        | Command::Verify { name, wait }
+        | Command::Reprotect { name, wait, .. } => {
             expect_true(&mut client, request)?;
             if *wait {
                 wait_for_sync(&mut client, name, &mut out)?;
