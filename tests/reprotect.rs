@@ -166,7 +166,7 @@ fn reprotect_errors_name_bdev_stage_and_param_and_change_nothing() {
         (
             json!({"name": "s0", "remote_bdev": "n0", "sync": "some"}),
             -32602,
-            "sync: unknown variant `some`, expected `none` or `full`",
+            "sync: unknown variant `some`, expected one of `none`, `full`, `incremental`",
         ),
         (
             json!({"name": "s0", "remote_bdev": "n0", "sync_granularity": 3}),
@@ -328,4 +328,97 @@ fn reprotect_without_sync_starts_clean_and_late_secondary_writes_are_marked() {
             .all(|&b| b == 0x99)
     );
     assert_eq!(h.disk("n0").unwrap().block_size(), BS);
+}
+
+#[test]
+fn incremental_reprotect_copies_exactly_what_changed_since_the_last_checkpoint() {
+    let h = host();
+    ok(
+        &h,
+        "bdev_replication_create",
+        json!({"name": "s0", "mode": "secondary", "base_bdev": "b0", "hidden_bdev": "h0",
+               "active_bdev": "a0", "cow_granularity": 16384}),
+    );
+    let node = find(&h, "s0").unwrap();
+    let sec = node.secondary().unwrap();
+    // The common checkpoint: both disks 0x11 (n0 plays the former primary's disk).
+    run(sec.ingress_write(0, buf(BLOCKS, 0x11))).unwrap();
+    h.disk("n0").unwrap().inner().fill(0x11);
+    ok(&h, "bdev_replication_start", json!({"name": "s0"}));
+    ok(&h, "bdev_replication_checkpoint", json!({"name": "s0"}));
+    // After it: the primary writes blocks 512..520 (two clusters; they reach both disks),
+    // the SVM writes block 0..2 (cluster 0).
+    run(sec.ingress_write(512, buf(8, 0x22))).unwrap();
+    let n0 = h.disk("n0").unwrap();
+    run(n0.inner().write(512, buf(8, 0x22))).unwrap();
+    run(sec.top_write(0, buf(2, 0x33))).unwrap();
+    ok(
+        &h,
+        "bdev_replication_stop",
+        json!({"name": "s0", "failover": true}),
+    );
+    h.run_background();
+    assert_eq!(node.stage(), Stage::Done);
+    // After the failover: the SVM writes block 1000 (cluster 250).
+    run(sec.top_write(1000, buf(1, 0x44))).unwrap();
+    assert_eq!(
+        sec.changed_since_checkpoint().iter().collect::<Vec<_>>(),
+        vec![0, 128, 129, 250]
+    );
+    ok(
+        &h,
+        "bdev_replication_reprotect",
+        json!({"name": "s0", "remote_bdev": "n0", "sync": "incremental",
+               "sync_granularity": 16384}),
+    );
+    let st = ok(&h, "bdev_replication_get_status", json!({"name": "s0"}))[0].clone();
+    assert_eq!(st["sync"]["state"], "syncing", "{st}");
+    assert_eq!(st["sync"]["dirty_bytes"], 4 * 16384);
+    h.run_background();
+    let st = ok(&h, "bdev_replication_get_status", json!({"name": "s0"}))[0].clone();
+    assert_eq!(st["sync"]["state"], "in_sync", "{st}");
+    assert_eq!(
+        st["counters"]["sync_bytes"],
+        4 * 16384,
+        "exactly the changed regions"
+    );
+    // Byte-exact: the former primary's disk is now the promoted SVM's (its 0x22 rolled
+    // back, the SVM's writes in).
+    assert_eq!(contents(&h, "n0"), contents(&h, "b0"));
+    let bs = BS as usize;
+    let want = {
+        let mut v = vec![0x11u8; DISK];
+        v[..2 * bs].fill(0x33);
+        v[1000 * bs..1001 * bs].fill(0x44);
+        v
+    };
+    assert_eq!(contents(&h, "n0"), want);
+    // Nothing changed: an incremental reprotect starts in sync without a job.
+    let node1 = promoted_clean(&h);
+    ok(
+        &h,
+        "bdev_replication_reprotect",
+        json!({"name": "s1", "remote_bdev": "n1", "sync": "incremental"}),
+    );
+    assert_eq!(node1.stage(), Stage::Running);
+    let st = ok(&h, "bdev_replication_get_status", json!({"name": "s1"}))[0].clone();
+    assert_eq!(st["sync"]["state"], "in_sync", "{st}");
+}
+
+/// s1 over b1/h1/a1, failed over right after a checkpoint with nothing written since.
+fn promoted_clean(h: &RamHost) -> std::sync::Arc<spdk_replication::control::Replica<TestDisk>> {
+    ok(
+        h,
+        "bdev_replication_create",
+        json!({"name": "s1", "mode": "secondary", "base_bdev": "b1", "hidden_bdev": "h1",
+               "active_bdev": "a1"}),
+    );
+    ok(h, "bdev_replication_start", json!({"name": "s1"}));
+    ok(
+        h,
+        "bdev_replication_stop",
+        json!({"name": "s1", "failover": true}),
+    );
+    h.run_background();
+    find(h, "s1").unwrap()
 }

@@ -175,9 +175,18 @@ pub struct ResyncParams {
 pub struct ReprotectParams {
     pub name: String,
     pub remote_bdev: String,
-    /// `full` (the module's default) or `none`.
+    /// `full` (the module's default), `none` or `incremental`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sync: Option<SyncMode>,
+    pub sync: Option<ReprotectSync>,
+}
+
+/// `bdev_replication_reprotect`'s `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReprotectSync {
+    None,
+    Full,
+    Incremental,
 }
 
 /// Params of `bdev_replication_verify`.

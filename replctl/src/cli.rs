@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::api::{
-    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, ReprotectParams, Request,
-    ResyncParams, StartParams, StopParams, SyncMode, VerifyParams,
+    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, ReprotectParams, ReprotectSync,
+    Request, ResyncParams, StartParams, StopParams, SyncMode, VerifyParams,
 };
 use crate::client::DEFAULT_SOCKET;
 
@@ -73,9 +73,10 @@ pub enum Command {
         /// The new secondary's ingress, attached on this node (e.g. an NVMe-oF bdev)
         remote_bdev: String,
         /// `full` (default) copies the whole disk in the background; `none` asserts the
-        /// disks are equal
+        /// disks are equal; `incremental` copies what this node changed since the last
+        /// checkpoint (the new secondary is the former primary's disk)
         #[arg(long)]
-        sync: Option<SyncMode>,
+        sync: Option<ReprotectSync>,
         /// Wait, showing progress, until the copy has finished
         #[arg(long)]
         wait: bool,
@@ -596,8 +597,8 @@ mod tests {
             )
         );
         assert_eq!(
-            req(&["reprotect", "s0", "s1n1", "--sync", "none"]).1,
-            Some(serde_json::json!({"name": "s0", "remote_bdev": "s1n1", "sync": "none"}))
+            req(&["reprotect", "s0", "s1n1", "--sync", "incremental"]).1,
+            Some(serde_json::json!({"name": "s0", "remote_bdev": "s1n1", "sync": "incremental"}))
         );
         assert!(Cli::try_parse_from(["replctl", "reprotect", "s0"]).is_err());
         assert_eq!(

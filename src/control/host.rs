@@ -8,7 +8,7 @@ use super::params::{
     CreateParams, DeleteParams, NameParams, OptName, ResyncParams, StartParams, StopParams, decode,
 };
 use super::replica::{Control, Replica, Task};
-use super::reprotect::ReprotectParams;
+use super::reprotect::{ReprotectParams, ReprotectSync};
 use crate::engine::BlockDevice;
 use futures::future::LocalBoxFuture;
 use serde_json::Value;
@@ -254,7 +254,7 @@ pub async fn reprotect<H: Host>(host: &H, p: ReprotectParams) -> Result<Value, R
     let remote = host.open_claim("remote_bdev", &p.remote_bdev)?;
     // At `done` the overlays are released already (idempotent).
     host.release_overlays(&node);
-    let sync = p.sync.unwrap_or(crate::engine::SyncMode::Full);
+    let sync = p.sync.unwrap_or(ReprotectSync::Full);
     let task = match r.reprotect(remote.clone(), params, sync).await {
         Ok(t) => t,
         Err(e) => {

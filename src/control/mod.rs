@@ -19,4 +19,4 @@ pub use params::{
     CreateParams, DeleteParams, NameParams, OptName, ResyncParams, StartParams, StopParams, decode,
 };
 pub use replica::{Control, Replica, Role, RoleRef, Task};
-pub use reprotect::{Promotion, ReprotectParams};
+pub use reprotect::{Promotion, ReprotectParams, ReprotectSync};

@@ -19,14 +19,27 @@ pub struct Promotion<D: BlockDevice> {
     pub legs: Vec<D>,
 }
 
+/// `bdev_replication_reprotect`'s `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReprotectSync {
+    /// The operator asserts both disks are equal: nothing is copied.
+    None,
+    /// Every region is copied in the background (the default).
+    Full,
+    /// Only what this node changed since the last common checkpoint (the overlays merged
+    /// at failover and every write since): for a new secondary that is the former
+    /// primary's disk, whose own changes after that checkpoint all reached this node.
+    Incremental,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReprotectParams {
     pub name: String,
     pub remote_bdev: String,
-    /// `"full"` (default: every region copied in the background) or `"none"` (the operator
-    /// asserts both disks are equal).
-    pub sync: Option<SyncMode>,
+    /// Default `"full"`.
+    pub sync: Option<ReprotectSync>,
     /// As `bdev_replication_create`'s for a primary; defaults filled in.
     pub remote_timeout_ms: Option<u64>,
     pub sync_granularity: Option<u64>,
@@ -78,7 +91,7 @@ impl<D: BlockDevice + Clone> Replica<D> {
         &self,
         remote: D,
         params: CreateParams,
-        sync: SyncMode,
+        sync: ReprotectSync,
     ) -> Result<Task, RpcError> {
         let err = |e| RpcError::from_engine(self.name(), e);
         self.check_reprotect()?;
@@ -97,7 +110,12 @@ impl<D: BlockDevice + Clone> Replica<D> {
             },
         )
         .map_err(err)?;
-        let full = primary.start_promoted(sync).map_err(err)?;
+        let (mode, changed) = match sync {
+            ReprotectSync::Full => (SyncMode::Full, None),
+            ReprotectSync::None => (SyncMode::None, None),
+            ReprotectSync::Incremental => (SyncMode::None, Some(sec.changed_since_checkpoint())),
+        };
+        let job = primary.start_promoted(mode, changed).map_err(err)?;
         // From here on the secondary's late writes mark the primary's map.
         sec.retire(primary.dirty_map()).await.map_err(err)?;
         let promotion = super::reprotect::Promotion {
@@ -110,11 +128,7 @@ impl<D: BlockDevice + Clone> Replica<D> {
             return Err(err(ReplicationError::Io));
         }
         sec.drain().await;
-        tracing::info!(
-            name = self.name(),
-            full_sync = full,
-            "reprotected: now a primary"
-        );
-        Ok(if full { Task::Job } else { Task::None })
+        tracing::info!(name = self.name(), sync = ?sync, "reprotected: now a primary");
+        Ok(if job { Task::Job } else { Task::None })
     }
 }

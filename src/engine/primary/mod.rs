@@ -365,26 +365,41 @@ impl<D: BlockDevice + Clone> Primary<D> {
         }
     }
 
-    /// `bdev_replication_reprotect`'s start of a primary built over a promoted secondary's
-    /// base (stage `none`): `Full` marks every region and begins a sync (`Ok(true)`: the
-    /// caller runs [`Primary::run_job`]); `None` keeps the map as it is (fresh, so clean
-    /// but for late writes of the retired secondary, which it must not lose).
-    pub fn start_promoted(&self, sync: SyncMode) -> Result<bool, ReplicationError> {
+    /// `bdev_replication_reprotect`'s start of a fresh primary built over a promoted
+    /// secondary's base (stage `none`): `Full` marks every region; `None` keeps the map
+    /// clean, except
+    /// with `changed` (incremental): the regions of that map (over the same blocks: the
+    /// promoted secondary's changes since the last checkpoint) are marked. A sync begins
+    /// when anything is dirty (`Ok(true)`: the caller runs [`Primary::run_job`]).
+    pub fn start_promoted(
+        &self,
+        sync: SyncMode,
+        changed: Option<&DirtyMap>,
+    ) -> Result<bool, ReplicationError> {
         if self.stage() != Stage::None {
             return Err(ReplicationError::RunningOrDone);
         }
-        let full = sync == SyncMode::Full;
-        if full {
+        if sync == SyncMode::Full {
             self.dirty.mark_all();
+        } else if let Some(map) = changed {
+            for r in map.iter() {
+                let (lba, n) = map.extent(r);
+                self.dirty.mark_range(lba, n);
+            }
+        }
+        let job = self.dirty.count() > 0;
+        if job {
             self.begin_job(sync::Job::Sync)?;
         }
-        self.reset_link(full);
+        self.reset_link(job);
         self.stage.set(Stage::Running);
         tracing::info!(
-            full_sync = full,
+            sync = ?sync,
+            incremental = changed.is_some(),
+            dirty_bytes = self.dirty.dirty_bytes(self.local.block_size()),
             "replication started (reprotected primary)"
         );
-        Ok(full)
+        Ok(job)
     }
 
     /// A no-op in every stage (spec 4): the checkpoint is the secondary's business.

@@ -128,6 +128,10 @@ pub struct Secondary<D: BlockDevice> {
     /// Set by a reprotect: the promoted primary's dirty map, where top writes that still
     /// took this (retired) path mark their regions once they reach the base.
     retired: OnceLock<Arc<DirtyMap>>,
+    /// Clusters changed since the last checkpoint, known from the failover on: those the
+    /// merge copied (hidden or active data) and every top write since. What an
+    /// incremental reprotect copies (one bit per cluster).
+    changed: DirtyMap,
 }
 
 impl<D: BlockDevice> Secondary<D> {
@@ -178,6 +182,7 @@ impl<D: BlockDevice> Secondary<D> {
             merge_done: AtomicU64::new(0),
             counters: Counters::default(),
             retired: OnceLock::new(),
+            changed: DirtyMap::new(n, geo.cluster_blocks),
         })
     }
 
@@ -221,6 +226,12 @@ impl<D: BlockDevice> Secondary<D> {
             read_revalidations: c.read_revalidations.load(Relaxed),
             base_flushes: c.base_flushes.load(Relaxed),
         }
+    }
+
+    /// Clusters changed since the last checkpoint (tracked from the failover on; see
+    /// [`Secondary::retire`]): meaningful once `done`.
+    pub fn changed_since_checkpoint(&self) -> &DirtyMap {
+        &self.changed
     }
 
     pub fn merge_progress(&self) -> MergeProgress {
@@ -456,6 +467,12 @@ impl<D: BlockDevice> Secondary<D> {
     async fn top_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
         let _io = self.gate.enter().await;
         let n = op.nblocks(self.geo.block_size);
+        if matches!(
+            self.stage(),
+            Stage::Failover | Stage::FailoverFailed | Stage::Done
+        ) {
+            self.changed.mark_range(lba, n);
+        }
         loop {
             match self.plan_top_write(lba, n) {
                 TopWritePlan::Refused => return Err(IoError::Io),
