@@ -351,3 +351,122 @@ fn failover_reprotect_and_fail_back_keep_the_guest_running_and_the_disks_equal()
     assert!(a2.stop(), "a2 exits cleanly");
     assert!(p.sec.stop(), "B exits cleanly");
 }
+
+/// A fresh secondary `svm1` over an existing base file (the former primary's disk).
+fn secondary_on_file(dir: &std::path::Path, base: &std::path::Path, port: u16) -> Node {
+    let mut nvmf = vec![json!({"method": "nvmf_create_transport", "params": {"trtype": "TCP"}})];
+    nvmf.extend(export(
+        "nqn.2016-06.io.spdk:svm1-ingress",
+        "svm1_ingress",
+        port,
+    ));
+    let cfg = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_uring_create", "params": {"name": "svm1_base",
+             "filename": base, "block_size": BS}},
+            malloc("svm1_hidden"), malloc("svm1_active"),
+            {"method": "bdev_replication_create", "params": {"name": "svm1",
+             "mode": "secondary", "base_bdev": "svm1_base", "hidden_bdev": "svm1_hidden",
+             "active_bdev": "svm1_active"}},
+        ]},
+        {"subsystem": "nvmf", "config": nvmf},
+    ]});
+    Node::start(dir, "a2", &cfg, "0x2")
+}
+
+#[test]
+fn incremental_reprotect_onto_the_former_primarys_disk_copies_only_the_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = ports();
+    // A's local disk is a file: it outlives A's process.
+    let a_disk = tmp.path().join("pvm0_local.img");
+    std::fs::File::create(&a_disk)
+        .unwrap()
+        .set_len(DISK as u64)
+        .unwrap();
+    let sec_cfg = config("secondary.json", &[(4420, port), (4421, port + 1)]);
+    let mut pri_cfg = config("primary.json", &[(4420, port), (4430, port + 2)]);
+    for e in pri_cfg["subsystems"][0]["config"].as_array_mut().unwrap() {
+        if e["method"] == "bdev_malloc_create" {
+            *e = json!({"method": "bdev_uring_create", "params": {"name": "pvm0_local",
+                        "filename": a_disk, "block_size": BS}});
+        }
+    }
+    let b = Node::start(tmp.path(), "secondary", &sec_cfg, "0x1");
+    let mut a = Node::start(tmp.path(), "primary", &pri_cfg, "0x2");
+    b.ok(
+        "bdev_replication_start",
+        json!({"name": "svm0", "mode": "secondary"}),
+    );
+    a.ok(
+        "bdev_replication_start",
+        json!({"name": "pvm0", "mode": "primary"}),
+    );
+    let pvm = Export {
+        port: port + 2,
+        nqn: "nqn.2016-06.io.spdk:pvm0".into(),
+    };
+    let top = Export {
+        port: port + 1,
+        nqn: "nqn.2016-06.io.spdk:svm0".into(),
+    };
+    let c = pvm.connect();
+    for lba in (0..BLOCKS).step_by(256) {
+        c.blocking()
+            .write(1, u64::from(lba), fill(256 * BS, 0x11))
+            .unwrap();
+    }
+    b.ok("bdev_replication_checkpoint", json!({"name": "svm0"}));
+    // After the checkpoint: A writes 1 MiB at block 4096 (reaches B's ingress: COW'd into
+    // hidden), B's SVM writes 64 KiB at block 0. Then A is lost; B fails over.
+    c.blocking().write(1, 4096, fill(256 * BS, 0x22)).unwrap();
+    let t = top.connect();
+    t.blocking().write(1, 0, fill(16 * BS, 0x33)).unwrap();
+    drop(c);
+    a.kill();
+    b.ok(
+        "bdev_replication_stop",
+        json!({"name": "svm0", "failover": true}),
+    );
+    wait_for(60, "B's failover", || b.status("svm0")["stage"] == "done");
+    // Since the failover: 64 KiB at block 10000.
+    t.blocking().write(1, 10000, fill(16 * BS, 0x44)).unwrap();
+
+    // A's node comes back as a secondary over its old disk; B reprotects incrementally.
+    let a2 = secondary_on_file(tmp.path(), &a_disk, port + 5);
+    b.ok(
+        "bdev_nvme_attach_controller",
+        json!({"name": "svm1", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+               "trsvcid": (port + 5).to_string(), "subnqn": "nqn.2016-06.io.spdk:svm1-ingress"}),
+    );
+    let out = b.replctl(&[
+        "reprotect",
+        "svm0",
+        "svm1n1",
+        "--sync",
+        "incremental",
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = b.status("svm0");
+    assert_eq!(st["sync"]["state"], "in_sync", "{st}");
+    // Copied: the 1 MiB A wrote and both 64 KiB SVM writes, in 64 KiB regions.
+    assert_eq!(st["counters"]["sync_bytes"], (1 << 20) + 2 * 65536, "{st}");
+    let ingress = Export {
+        port: port + 5,
+        nqn: "nqn.2016-06.io.spdk:svm1-ingress".into(),
+    };
+    let a_base = read_all(&ingress.connect(), 0, BLOCKS);
+    let b_disk = read_all(&t, 0, BLOCKS);
+    let mut want = vec![0x11u8; DISK];
+    want[..16 * BS].fill(0x33);
+    want[10000 * BS..10016 * BS].fill(0x44);
+    assert_same(&b_disk, &want, "B's disk");
+    assert_eq!(md5_hex(&a_base), md5_hex(&b_disk), "A's base vs B's disk");
+    drop(a2);
+}
