@@ -33,10 +33,15 @@ struct GuestResult {
     model: HashMap<u64, u64>,
 }
 
-/// A guest on `disk`: random 4 KiB writes, each followed now and then by a read-back of
-/// an earlier one, until `stop`. Never panics: errors are collected.
+/// Guests (one connection each, running side by side) per disk.
+const LANES: u64 = 2;
+
+/// A guest on `disk`: random 4 KiB writes to the blocks of its `lane` (lba % LANES), each
+/// followed now and then by a read-back of an earlier one, until `stop`. Never panics:
+/// errors are collected.
 fn guest(
     disk: Export,
+    lane: u64,
     stop: Arc<AtomicBool>,
     ops: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<GuestResult> {
@@ -48,7 +53,7 @@ fn guest(
             errors: Vec::new(),
             model: HashMap::new(),
         };
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ (lane << 32);
         let mut next = move || {
             x ^= x << 13;
             x ^= x >> 7;
@@ -57,7 +62,7 @@ fn guest(
         };
         let mut written = Vec::new();
         while !stop.load(Ordering::Relaxed) && r.errors.len() < 5 {
-            let lba = next() % u64::from(BLOCKS);
+            let lba = next() % (u64::from(BLOCKS) / LANES) * LANES + lane;
             let generation = r.writes + 1;
             match c.blocking().write(1, lba, block(lba, generation)) {
                 Ok(()) => {
@@ -196,7 +201,9 @@ fn failover_reprotect_and_fail_back_keep_the_guest_running_and_the_disks_equal()
     // B's guest starts; A is lost; B fails over under the guest's I/O.
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
-    let g = guest(p.top.clone(), stop.clone(), ops.clone());
+    let guests: Vec<_> = (0..LANES)
+        .map(|lane| guest(p.top.clone(), lane, stop.clone(), ops.clone()))
+        .collect();
     guest_progress(&ops, 200, "guest I/O before failover");
     drop(a);
     p.pri.kill();
@@ -314,14 +321,22 @@ fn failover_reprotect_and_fail_back_keep_the_guest_running_and_the_disks_equal()
         a2.ok("bdev_replication_checkpoint", json!({"name": "svm1"}));
     }
     stop.store(true, Ordering::Relaxed);
-    let r = g.join().unwrap();
-    assert!(r.errors.is_empty(), "the guest saw errors: {:?}", r.errors);
-    assert!(
-        r.writes > 500 && r.reads > 100,
-        "{} writes, {} reads",
-        r.writes,
-        r.reads
-    );
+    let mut model = HashMap::new();
+    for (lane, g) in guests.into_iter().enumerate() {
+        let r = g.join().unwrap();
+        assert!(
+            r.errors.is_empty(),
+            "guest {lane} saw errors: {:?}",
+            r.errors
+        );
+        assert!(
+            r.writes > 250 && r.reads > 50,
+            "guest {lane}: {} writes, {} reads",
+            r.writes,
+            r.reads
+        );
+        model.extend(r.model);
+    }
     // Every guest write is acknowledged, so on A's base: the last checkpoint keeps them.
     a2.ok("bdev_replication_checkpoint", json!({"name": "svm1"}));
     assert_eq!(
@@ -331,7 +346,7 @@ fn failover_reprotect_and_fail_back_keep_the_guest_running_and_the_disks_equal()
     );
     assert_eq!(p.sec.status("svm0")["sync"]["state"], "in_sync");
 
-    let want = expected(&r.model);
+    let want = expected(&model);
     let b_view = read_all(&p.top.connect(), 0, BLOCKS);
     assert_same(&b_view, &want, "B's disk");
 
@@ -348,8 +363,30 @@ fn failover_reprotect_and_fail_back_keep_the_guest_running_and_the_disks_equal()
     let a_base = read_all(&a_top.connect(), 0, BLOCKS);
     assert_eq!(md5_hex(&a_base), md5_hex(&b_view), "A's base vs B's disk");
     assert_same(&a_base, &want, "A's base");
-    assert!(a2.stop(), "a2 exits cleanly");
+
+    // B restarted from its saved config comes back as the primary.
+    let saved = tmp.path().join("b-saved.json");
+    std::fs::write(&saved, p.sec.ok("save_config", Value::Null).to_string()).unwrap();
     assert!(p.sec.stop(), "B exits cleanly");
+    let b2 = Node::start_file(tmp.path(), "b2", &saved, "0x1");
+    let st = b2.status("svm0");
+    assert_eq!(
+        (
+            &st["mode"],
+            &st["stage"],
+            &st["local_bdev"],
+            &st["remote_bdev"]
+        ),
+        (
+            &json!("primary"),
+            &json!("none"),
+            &json!("svm0_base"),
+            &json!("svm1n1")
+        ),
+        "{st}"
+    );
+    assert!(a2.stop(), "a2 exits cleanly");
+    drop(b2);
 }
 
 /// A fresh secondary `svm1` over an existing base file (the former primary's disk).
