@@ -1,7 +1,10 @@
 //! Acceptance case 15: random operation sequences against a reference model.
 //!
 //! Model: the SVM view is the base at the last checkpoint plus the SVM's writes since; the
-//! ingress sees the base; after failover the base equals the SVM view.
+//! ingress sees the base; after failover the base equals the SVM view. Reprotect's
+//! incremental map: the former primary's disk (the base as the primary's writes left it at
+//! the failover) patched with the clusters the secondary reports changed since the last
+//! checkpoint equals the promoted base, also after SVM writes at `done`.
 
 use futures::executor::block_on;
 use proptest::prelude::*;
@@ -78,7 +81,12 @@ fn read(f: impl FnOnce(MemBuf) -> Result<(), IoError>, n: u64) -> Vec<u8> {
     buf.to_vec()
 }
 
-fn run(granularity: u64, initial: u8, ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(
+    granularity: u64,
+    initial: u8,
+    ops: Vec<Op>,
+    late: (u64, u64, u8),
+) -> Result<(), TestCaseError> {
     let disks: [TestDisk; 3] = std::array::from_fn(|_| test_disk(BS as u32, DISK_BLOCKS));
     let [base, hidden, active] = disks;
     let sec = Secondary::new(base.clone(), hidden, active, granularity).unwrap();
@@ -89,6 +97,8 @@ fn run(granularity: u64, initial: u8, ops: Vec<Op>) -> Result<(), TestCaseError>
     let mut model_base = vec![initial; all as usize];
     let mut view = model_base.clone();
     let mut failed_over = false;
+    // The former primary's disk: every primary write reached the ingress before failover.
+    let mut former_primary = model_base.clone();
 
     for op in ops {
         match op {
@@ -150,6 +160,9 @@ fn run(granularity: u64, initial: u8, ops: Vec<Op>) -> Result<(), TestCaseError>
                 }
             }
             Op::Failover => {
+                if !failed_over {
+                    former_primary = model_base.clone();
+                }
                 block_on(sec.stop(true)).unwrap();
                 failed_over = true;
             }
@@ -160,6 +173,7 @@ fn run(granularity: u64, initial: u8, ops: Vec<Op>) -> Result<(), TestCaseError>
         }
     }
     if !failed_over {
+        former_primary = model_base.clone();
         block_on(sec.stop(true)).unwrap();
     }
     block_on(sec.run_merge()).unwrap();
@@ -172,6 +186,20 @@ fn run(granularity: u64, initial: u8, ops: Vec<Op>) -> Result<(), TestCaseError>
     );
     let got = read(|b| block_on(sec.top_read(0, b)), DISK_BLOCKS);
     prop_assert!(got == view);
+    // A write at done, then the incremental reprotect's copy onto the former primary.
+    let (lba, n, byte) = late;
+    block_on(sec.top_write(lba, MemBuf::filled((n * BS) as usize, byte))).unwrap();
+    view[span(lba, n)].fill(byte);
+    let changed = sec.changed_since_checkpoint();
+    for r in changed.iter() {
+        let (lba, n) = changed.extent(r);
+        let part = base.inner().contents(lba * BS..(lba + n) * BS);
+        former_primary[span(lba, n)].copy_from_slice(&part);
+    }
+    prop_assert!(
+        former_primary == view,
+        "former primary patched with the changed clusters differs from the promoted base"
+    );
     Ok(())
 }
 
@@ -183,7 +211,8 @@ proptest! {
         granularity in prop::sample::select(vec![512u64, 1024, 4096, 16384]),
         initial in any::<u8>(),
         ops in prop::collection::vec(op(), 1..60),
+        late in (range(), any::<u8>()).prop_map(|((lba, n), b)| (lba, n, b)),
     ) {
-        run(granularity, initial, ops)?;
+        run(granularity, initial, ops, late)?;
     }
 }

@@ -18,6 +18,7 @@ pub const GET_ERROR: &str = "bdev_replication_get_error";
 pub const GET_STATUS: &str = "bdev_replication_get_status";
 pub const RESYNC: &str = "bdev_replication_resync";
 pub const VERIFY: &str = "bdev_replication_verify";
+pub const REPROTECT: &str = "bdev_replication_reprotect";
 
 /// Role of a replication bdev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -167,6 +168,25 @@ pub enum SyncMode {
 pub struct ResyncParams {
     pub name: String,
     pub full: bool,
+}
+
+/// Params of `bdev_replication_reprotect`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReprotectParams {
+    pub name: String,
+    pub remote_bdev: String,
+    /// `full` (the module's default), `none` or `incremental`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<ReprotectSync>,
+}
+
+/// `bdev_replication_reprotect`'s `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReprotectSync {
+    None,
+    Full,
+    Incremental,
 }
 
 /// Params of `bdev_replication_verify`.

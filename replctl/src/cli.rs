@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::api::{
-    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, Request, ResyncParams,
-    StartParams, StopParams, SyncMode, VerifyParams,
+    self, CreateParams, CreateRole, DeleteParams, Mode, NameParams, ReprotectParams, ReprotectSync,
+    Request, ResyncParams, StartParams, StopParams, SyncMode, VerifyParams,
 };
 use crate::client::DEFAULT_SOCKET;
 
@@ -61,6 +61,22 @@ pub enum Command {
         /// Copy every region, not only the dirty ones
         #[arg(long)]
         full: bool,
+        /// Wait, showing progress, until the copy has finished
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Turn a promoted secondary (stage done) into a primary replicating to REMOTE_BDEV,
+    /// in place: same bdev, exports and guest connections
+    Reprotect {
+        /// Replication bdev name
+        name: String,
+        /// The new secondary's ingress, attached on this node (e.g. an NVMe-oF bdev)
+        remote_bdev: String,
+        /// `full` (default) copies the whole disk in the background; `none` asserts the
+        /// disks are equal; `incremental` copies what this node changed since the last
+        /// checkpoint (the new secondary is the former primary's disk)
+        #[arg(long)]
+        sync: Option<ReprotectSync>,
         /// Wait, showing progress, until the copy has finished
         #[arg(long)]
         wait: bool,
@@ -192,6 +208,19 @@ impl Command {
             Command::Verify { name, .. } => {
                 Request::new(api::VERIFY, &VerifyParams { name: name.clone() })
             }
+            Command::Reprotect {
+                name,
+                remote_bdev,
+                sync,
+                ..
+            } => Request::new(
+                api::REPROTECT,
+                &ReprotectParams {
+                    name: name.clone(),
+                    remote_bdev: remote_bdev.clone(),
+                    sync: *sync,
+                },
+            ),
             Command::Checkpoint { name } => Request::new(api::CHECKPOINT, &name_params(name)),
             Command::Stop { name, failover, .. } => Request::new(
                 api::STOP,
@@ -273,299 +302,4 @@ fn reject(mode: Mode, options: &[(&'static str, bool)]) -> Result<(), UsageError
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn request(args: &[&str]) -> Result<Request, UsageError> {
-        let cli = Cli::try_parse_from(std::iter::once("replctl").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{args:?} did not parse: {e}"));
-        cli.command.request()
-    }
-
-    fn expect(args: &[&str], method: &str, params: Option<Value>) {
-        assert_eq!(
-            request(args).unwrap(),
-            Request {
-                method: method.to_owned(),
-                params
-            },
-            "{args:?}"
-        );
-    }
-
-    #[test]
-    fn create_primary() {
-        expect(
-            &[
-                "create",
-                "--name",
-                "r0",
-                "--mode",
-                "primary",
-                "--local-bdev",
-                "nvme0n1",
-                "--remote-bdev",
-                "nvmf0n1",
-            ],
-            "bdev_replication_create",
-            Some(
-                json!({"name": "r0", "mode": "primary", "local_bdev": "nvme0n1",
-                        "remote_bdev": "nvmf0n1"}),
-            ),
-        );
-        expect(
-            &[
-                "create",
-                "--name",
-                "r0",
-                "--mode",
-                "primary",
-                "--local-bdev",
-                "L",
-                "--remote-bdev",
-                "R",
-                "--remote-timeout-ms",
-                "5000",
-            ],
-            "bdev_replication_create",
-            Some(json!({"name": "r0", "mode": "primary", "local_bdev": "L",
-                        "remote_bdev": "R", "remote_timeout_ms": 5000})),
-        );
-    }
-
-    #[test]
-    fn create_secondary() {
-        expect(
-            &[
-                "create",
-                "--name",
-                "s0",
-                "--mode",
-                "secondary",
-                "--base-bdev",
-                "B",
-                "--hidden-bdev",
-                "H",
-                "--active-bdev",
-                "A",
-            ],
-            "bdev_replication_create",
-            Some(json!({"name": "s0", "mode": "secondary", "base_bdev": "B",
-                        "hidden_bdev": "H", "active_bdev": "A"})),
-        );
-        expect(
-            &[
-                "create",
-                "--name",
-                "s0",
-                "--mode",
-                "secondary",
-                "--base-bdev",
-                "B",
-                "--hidden-bdev",
-                "H",
-                "--active-bdev",
-                "A",
-                "--ingress-name",
-                "in0",
-                "--cow-granularity",
-                "65536",
-            ],
-            "bdev_replication_create",
-            Some(json!({"name": "s0", "mode": "secondary", "base_bdev": "B",
-                        "hidden_bdev": "H", "active_bdev": "A", "ingress_name": "in0",
-                        "cow_granularity": 65536})),
-        );
-    }
-
-    #[test]
-    fn create_validation() {
-        let cases: &[(&[&str], &str)] = &[
-            (
-                &[
-                    "--mode",
-                    "secondary",
-                    "--hidden-bdev",
-                    "H",
-                    "--active-bdev",
-                    "A",
-                ],
-                "--base-bdev is required with --mode secondary",
-            ),
-            (
-                &[
-                    "--mode",
-                    "secondary",
-                    "--base-bdev",
-                    "B",
-                    "--hidden-bdev",
-                    "H",
-                ],
-                "--active-bdev is required with --mode secondary",
-            ),
-            (
-                &["--mode", "primary", "--local-bdev", "L"],
-                "--remote-bdev is required with --mode primary",
-            ),
-            (
-                &[
-                    "--mode",
-                    "secondary",
-                    "--base-bdev",
-                    "B",
-                    "--hidden-bdev",
-                    "H",
-                    "--active-bdev",
-                    "A",
-                    "--local-bdev",
-                    "L",
-                ],
-                "--local-bdev is only valid with --mode primary",
-            ),
-            (
-                &[
-                    "--mode",
-                    "secondary",
-                    "--base-bdev",
-                    "B",
-                    "--hidden-bdev",
-                    "H",
-                    "--active-bdev",
-                    "A",
-                    "--remote-timeout-ms",
-                    "10",
-                ],
-                "--remote-timeout-ms is only valid with --mode primary",
-            ),
-            (
-                &[
-                    "--mode",
-                    "primary",
-                    "--local-bdev",
-                    "L",
-                    "--remote-bdev",
-                    "R",
-                    "--cow-granularity",
-                    "4096",
-                ],
-                "--cow-granularity is only valid with --mode secondary",
-            ),
-        ];
-        for (args, message) in cases {
-            let args: Vec<&str> = ["create", "--name", "x"]
-                .iter()
-                .chain(*args)
-                .copied()
-                .collect();
-            let err = request(&args).unwrap_err();
-            assert_eq!(err.to_string(), *message, "{args:?}");
-        }
-    }
-
-    #[test]
-    fn simple_commands() {
-        expect(
-            &["delete", "r0"],
-            "bdev_replication_delete",
-            Some(json!({"name": "r0"})),
-        );
-        expect(
-            &["delete", "r0", "--force"],
-            "bdev_replication_delete",
-            Some(json!({"name": "r0", "force": true})),
-        );
-        expect(&["start"], "bdev_replication_start", None);
-        expect(
-            &["start", "r0", "--mode", "secondary"],
-            "bdev_replication_start",
-            Some(json!({"name": "r0", "mode": "secondary"})),
-        );
-        expect(&["checkpoint"], "bdev_replication_checkpoint", None);
-        expect(
-            &["checkpoint", "r0"],
-            "bdev_replication_checkpoint",
-            Some(json!({"name": "r0"})),
-        );
-        expect(&["status"], "bdev_replication_get_status", None);
-        expect(
-            &["status", "r0", "--json"],
-            "bdev_replication_get_status",
-            Some(json!({"name": "r0"})),
-        );
-        expect(&["get-error"], "bdev_replication_get_error", None);
-        expect(
-            &["get-error", "r0"],
-            "bdev_replication_get_error",
-            Some(json!({"name": "r0"})),
-        );
-    }
-
-    #[test]
-    fn stop_always_sends_failover() {
-        expect(
-            &["stop"],
-            "bdev_replication_stop",
-            Some(json!({"failover": false})),
-        );
-        expect(
-            &["stop", "r0", "--failover", "--wait"],
-            "bdev_replication_stop",
-            Some(json!({"name": "r0", "failover": true})),
-        );
-        let err = Cli::try_parse_from(["replctl", "stop", "--wait"]).unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
-    }
-
-    #[test]
-    fn raw_rpc() {
-        expect(&["rpc", "spdk_get_version"], "spdk_get_version", None);
-        expect(
-            &["rpc", "bdev_get_bdevs", r#"{"name":"r0"}"#],
-            "bdev_get_bdevs",
-            Some(json!({"name": "r0"})),
-        );
-        let err = Cli::try_parse_from(["replctl", "rpc", "m", "{bad"]).unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
-    }
-
-    #[test]
-    fn global_options() {
-        let cli =
-            Cli::try_parse_from(["replctl", "status", "-s", "/tmp/x.sock", "-t", "5"]).unwrap();
-        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
-        assert_eq!(cli.timeout, 5);
-        assert!(Cli::try_parse_from(["replctl", "-t", "0", "status"]).is_err());
-    }
-
-    #[test]
-    fn resync_verify_and_start_sync_map_to_their_requests() {
-        let req = |args: &[&str]| {
-            let mut v = vec!["replctl"];
-            v.extend_from_slice(args);
-            let r = Cli::try_parse_from(v).unwrap().command.request().unwrap();
-            (r.method, r.params)
-        };
-        assert_eq!(
-            req(&["resync", "p0", "--full", "--wait"]),
-            (
-                "bdev_replication_resync".to_owned(),
-                Some(serde_json::json!({"name": "p0", "full": true}))
-            )
-        );
-        assert_eq!(
-            req(&["verify", "p0"]),
-            (
-                "bdev_replication_verify".to_owned(),
-                Some(serde_json::json!({"name": "p0"}))
-            )
-        );
-        assert_eq!(
-            req(&["start", "p0", "--sync", "full"]),
-            (
-                "bdev_replication_start".to_owned(),
-                Some(serde_json::json!({"name": "p0", "sync": "full"}))
-            )
-        );
-    }
-}
+mod tests;

@@ -56,7 +56,9 @@ fn run(cli: &Cli, request: &Request) -> anyhow::Result<()> {
         Command::Delete { .. } | Command::Start { .. } | Command::Checkpoint { .. } => {
             expect_true(&mut client, request)?;
         }
-        Command::Resync { name, wait, .. } | Command::Verify { name, wait } => {
+        Command::Resync { name, wait, .. }
+        | Command::Verify { name, wait }
+        | Command::Reprotect { name, wait, .. } => {
             if *wait {
                 start_when_not_busy(&mut client, request, Duration::from_secs(cli.timeout))?;
             } else {

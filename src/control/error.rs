@@ -12,6 +12,7 @@ pub const EBUSY: i32 = -16;
 pub const EEXIST: i32 = -17;
 pub const ENODEV: i32 = -19;
 pub const EINVAL: i32 = -22;
+pub const ENOTSUP: i32 = -95;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} ({code})")]
@@ -44,6 +45,7 @@ impl RpcError {
             | ReplicationError::RunningOrDone
             | ReplicationError::UnmergedData
             | ReplicationError::WrongStage { .. }
+            | ReplicationError::NotPromoted { .. }
             | ReplicationError::LinkBroken => EPERM,
             ReplicationError::Busy(_) => EBUSY,
             ReplicationError::Io => EIO,
@@ -75,6 +77,7 @@ pub fn errno_name(rc: i32) -> &'static str {
         17 => "already exists",
         19 => "no such device",
         22 => "invalid argument",
+        95 => "operation not supported",
         _ => "error",
     }
 }

@@ -3,11 +3,12 @@
 //! over RAM disks. Everything else about an RPC (decoding, checks, order of claims,
 //! rollback, stage rules, `*_all`, delete policy, status) is decided here, once.
 
-use super::error::{EEXIST, EINVAL, METHOD_NOT_FOUND, RpcError};
+use super::error::{EEXIST, EINVAL, ENOTSUP, METHOD_NOT_FOUND, RpcError};
 use super::params::{
     CreateParams, DeleteParams, NameParams, OptName, ResyncParams, StartParams, StopParams, decode,
 };
 use super::replica::{Control, Replica, Task};
+use super::reprotect::{ReprotectParams, ReprotectSync};
 use crate::engine::BlockDevice;
 use futures::future::LocalBoxFuture;
 use serde_json::Value;
@@ -46,6 +47,18 @@ pub trait Host {
     /// calls it too when the merge completes.
     fn release_overlays(&self, node: &Arc<Self::Node>);
     fn sleep(&self, d: Duration) -> LocalBoxFuture<'static, ()>;
+    /// Whether this host can switch a registered secondary to a primary in place
+    /// (`bdev_replication_reprotect`): its I/O path must route by [`Replica::role`].
+    /// Asked before anything changes; the default refuses.
+    fn reprotect_supported(&self, name: &str) -> Result<(), RpcError> {
+        Err(RpcError::new(
+            ENOTSUP,
+            format!("{name}: bdev_replication_reprotect is not supported on this host"),
+        ))
+    }
+    /// A reprotect switched `node` to a primary: stop serving its former ingress face
+    /// (unregister it; exports of it are hot-removed as at a delete).
+    fn retire_ingress(&self, _node: &Arc<Self::Node>) {}
 }
 
 /// The methods of spec section 6 this control plane answers.
@@ -60,6 +73,11 @@ pub const METHODS: &[&str] = &[
     "bdev_replication_resync",
     "bdev_replication_verify",
 ];
+
+/// Methods [`handle`] answers that a host registers only once it supports them (the SPDK
+/// host registers [`METHODS`] and checks their count; it does not route by role yet, see
+/// [`Host::reprotect_supported`]).
+pub const EXTRA_METHODS: &[&str] = &["bdev_replication_reprotect"];
 
 /// Answers one `bdev_replication_*` call.
 pub async fn handle<H: Host>(
@@ -105,6 +123,7 @@ pub async fn handle<H: Host>(
             host.spawn_sync(node);
             Ok(Value::Bool(true))
         }
+        "bdev_replication_reprotect" => reprotect(host, decode(params)?).await,
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!("Method not found: {other}"),
@@ -135,7 +154,7 @@ pub fn create<H: Host>(host: &H, p: CreateParams) -> Result<String, RpcError> {
         let ours = host
             .nodes()
             .iter()
-            .any(|node| node.as_ref().as_ref().params.bdev_names().contains(n));
+            .any(|node| node.as_ref().as_ref().params().bdev_names().contains(n));
         if ours || host.bdev_exists(n) {
             return Err(RpcError::new(
                 EEXIST,
@@ -214,6 +233,38 @@ async fn run_control<H: Host>(
         } else if r.secondary().is_some() && r.stage() == crate::engine::Stage::Done {
             host.release_overlays(&node);
         }
+    }
+    Ok(Value::Bool(true))
+}
+
+/// `bdev_replication_reprotect`. On any error nothing changed: the remote leg's claim is
+/// rolled back, the bdev keeps its role.
+pub async fn reprotect<H: Host>(host: &H, p: ReprotectParams) -> Result<Value, RpcError> {
+    let node = find(host, &p.name).ok_or_else(|| RpcError::no_such_replica(&p.name))?;
+    let r = node.as_ref().as_ref();
+    r.check_reprotect()?;
+    host.reprotect_supported(r.name())?;
+    let params = r.reprotect_params(&p)?;
+    if r.params.bdev_names().contains(&p.remote_bdev.as_str()) {
+        return Err(RpcError::invalid(
+            "remote_bdev",
+            format!("bdev {} is the replication bdev itself", p.remote_bdev),
+        ));
+    }
+    let remote = host.open_claim("remote_bdev", &p.remote_bdev)?;
+    // At `done` the overlays are released already (idempotent).
+    host.release_overlays(&node);
+    let sync = p.sync.unwrap_or(ReprotectSync::Full);
+    let task = match r.reprotect(remote.clone(), params, sync).await {
+        Ok(t) => t,
+        Err(e) => {
+            host.release(vec![remote]);
+            return Err(e);
+        }
+    };
+    host.retire_ingress(&node);
+    if task == Task::Job {
+        host.spawn_sync(node);
     }
     Ok(Value::Bool(true))
 }

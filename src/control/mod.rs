@@ -6,15 +6,17 @@ mod error;
 mod host;
 mod params;
 mod replica;
+mod reprotect;
 pub mod testing;
 
 pub use error::{
-    EBUSY, EEXIST, EINVAL, EIO, ENODEV, EPERM, INVALID_PARAMS, METHOD_NOT_FOUND, RpcError,
+    EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOTSUP, EPERM, INVALID_PARAMS, METHOD_NOT_FOUND, RpcError,
     errno_name,
 };
 pub use host::Host;
-pub use host::{METHODS, create, delete, find, handle};
+pub use host::{EXTRA_METHODS, METHODS, create, delete, find, handle, reprotect};
 pub use params::{
     CreateParams, DeleteParams, NameParams, OptName, ResyncParams, StartParams, StopParams, decode,
 };
-pub use replica::{Control, Replica, Role, Task};
+pub use replica::{Control, Replica, Role, RoleRef, Task};
+pub use reprotect::{Promotion, ReprotectParams, ReprotectSync};

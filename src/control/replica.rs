@@ -8,6 +8,7 @@ use crate::engine::{
     Secondary, Stage, SyncMode,
 };
 use serde_json::{Value, json};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A background task a control operation started.
@@ -26,13 +27,24 @@ pub enum Role<D: BlockDevice> {
     Secondary(Secondary<D>),
 }
 
+/// The role a replication bdev plays now: the role it was created with, or, after a
+/// reprotect, the primary it was promoted to. What hosts' I/O paths route by.
+pub enum RoleRef<'a, D: BlockDevice> {
+    Primary(&'a Primary<D>),
+    Secondary(&'a Secondary<D>),
+}
+
 pub struct Replica<D: BlockDevice> {
     /// As created, defaults filled in: what status reports and save_config replays.
+    /// After a reprotect, [`Replica::params`] gives the primary's.
     pub params: CreateParams,
+    /// The role it was created with; after a reprotect, [`Replica::role`] is the primary.
     pub role: Role<D>,
     /// The claimed bdevs in `CreateParams::leg_params` order: local, remote (primary) or
     /// base, hidden, active (secondary).
     pub legs: Vec<D>,
+    /// Set once by `bdev_replication_reprotect` (`reprotect.rs`).
+    pub(super) promoted: OnceLock<super::reprotect::Promotion<D>>,
 }
 
 impl<D: BlockDevice> AsRef<Replica<D>> for Replica<D> {
@@ -78,31 +90,73 @@ impl<D: BlockDevice + Clone> Replica<D> {
                 },
             )?),
         };
-        Ok(Replica { params, role, legs })
+        Ok(Replica {
+            params,
+            role,
+            legs,
+            promoted: OnceLock::new(),
+        })
     }
 
     pub fn name(&self) -> &str {
         &self.params.name
     }
 
+    /// The current role: one atomic load (the promotion), for hosts' I/O paths.
+    #[inline]
+    pub fn role(&self) -> RoleRef<'_, D> {
+        if let Some(p) = self.promoted.get() {
+            return RoleRef::Primary(&p.primary);
+        }
+        match &self.role {
+            Role::Primary(p) => RoleRef::Primary(p),
+            Role::Secondary(s) => RoleRef::Secondary(s),
+        }
+    }
+
+    /// The params in force: as created, or the primary's after a reprotect.
+    pub fn params(&self) -> &CreateParams {
+        self.promoted.get().map_or(&self.params, |p| &p.params)
+    }
+
+    /// The bdevs claimed now, in [`CreateParams::leg_params`] order of [`Replica::params`]
+    /// (after a reprotect: the former base and the remote; the overlays were released).
+    pub fn current_legs(&self) -> &[D] {
+        self.promoted.get().map_or(&self.legs[..], |p| &p.legs[..])
+    }
+
+    /// Whether a reprotect turned this (former) secondary into a primary.
+    pub fn is_reprotected(&self) -> bool {
+        self.promoted.get().is_some()
+    }
+
     pub fn mode(&self) -> Mode {
-        match self.role {
-            Role::Primary(_) => Mode::Primary,
-            Role::Secondary(_) => Mode::Secondary,
+        match self.role() {
+            RoleRef::Primary(_) => Mode::Primary,
+            RoleRef::Secondary(_) => Mode::Secondary,
         }
     }
 
     pub fn stage(&self) -> Stage {
-        match &self.role {
-            Role::Primary(p) => p.stage(),
-            Role::Secondary(s) => s.stage(),
+        match self.role() {
+            RoleRef::Primary(p) => p.stage(),
+            RoleRef::Secondary(s) => s.stage(),
         }
     }
 
+    /// The secondary engine while this bdev is one (not after a reprotect).
     pub fn secondary(&self) -> Option<&Secondary<D>> {
-        match &self.role {
-            Role::Secondary(s) => Some(s),
-            Role::Primary(_) => None,
+        match self.role() {
+            RoleRef::Secondary(s) => Some(s),
+            RoleRef::Primary(_) => None,
+        }
+    }
+
+    /// The primary engine: created as one, or promoted to one by a reprotect.
+    pub fn primary(&self) -> Option<&Primary<D>> {
+        match self.role() {
+            RoleRef::Primary(p) => Some(p),
+            RoleRef::Secondary(_) => None,
         }
     }
 
@@ -111,29 +165,47 @@ impl<D: BlockDevice + Clone> Replica<D> {
     pub async fn control(&self, op: Control) -> Result<Task, RpcError> {
         let job = |started: bool| if started { Task::Job } else { Task::None };
         let merge = |started: bool| if started { Task::Merge } else { Task::None };
-        let r = match (&self.role, op) {
-            (Role::Primary(p), Control::Start { mode, sync }) => p.start_with(mode, sync).map(job),
-            (Role::Primary(p), Control::Checkpoint) => p.checkpoint().map(|()| Task::None),
-            (Role::Primary(p), Control::Stop { failover }) => p.stop(failover).map(|()| Task::None),
-            (Role::Secondary(_), Control::Start { sync: Some(_), .. }) => {
+        let r = match (self.role(), op) {
+            // Reprotect started replication already; the COLO framework's start of the
+            // primary that follows is accepted and ignored (as on a promoted secondary).
+            (RoleRef::Primary(p), Control::Start { mode, sync })
+                if self.is_reprotected()
+                    && p.stage() == Stage::Running
+                    && sync != Some(SyncMode::Full)
+                    && mode != Some(Mode::Secondary) =>
+            {
+                Ok(Task::None)
+            }
+            (RoleRef::Primary(p), Control::Start { mode, sync }) => {
+                p.start_with(mode, sync).map(job)
+            }
+            (RoleRef::Primary(p), Control::Checkpoint) => p.checkpoint().map(|()| Task::None),
+            (RoleRef::Primary(p), Control::Stop { failover }) => {
+                p.stop(failover).map(|()| Task::None)
+            }
+            (RoleRef::Secondary(_), Control::Start { sync: Some(_), .. }) => {
                 Err(ReplicationError::InvalidParam {
                     param: "sync",
                     reason: "not valid with mode secondary".into(),
                 })
             }
-            (Role::Secondary(s), Control::Start { mode, .. }) => {
+            (RoleRef::Secondary(s), Control::Start { mode, .. }) => {
                 s.start(mode).await.map(|()| Task::None)
             }
-            (Role::Secondary(s), Control::Checkpoint) => s.checkpoint().await.map(|()| Task::None),
-            (Role::Secondary(s), Control::Stop { failover }) => s.stop(failover).await.map(merge),
+            (RoleRef::Secondary(s), Control::Checkpoint) => {
+                s.checkpoint().await.map(|()| Task::None)
+            }
+            (RoleRef::Secondary(s), Control::Stop { failover }) => {
+                s.stop(failover).await.map(merge)
+            }
         };
         r.map_err(|e| RpcError::from_engine(self.name(), e))
     }
 
     fn primary_for(&self, op: &'static str) -> Result<&Primary<D>, RpcError> {
-        match &self.role {
-            Role::Primary(p) => Ok(p),
-            Role::Secondary(_) => Err(RpcError::from_engine(
+        match self.role() {
+            RoleRef::Primary(p) => Ok(p),
+            RoleRef::Secondary(_) => Err(RpcError::from_engine(
                 self.name(),
                 ReplicationError::InvalidParam {
                     param: op,
@@ -165,7 +237,9 @@ impl<D: BlockDevice + Clone> Replica<D> {
         F: FnMut(bool) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let Role::Primary(p) = &self.role else { return };
+        let RoleRef::Primary(p) = self.role() else {
+            return;
+        };
         let r = p.run_job(rt, |step| pause(step == JobStep::Backoff)).await;
         if let Err(e) = r {
             tracing::warn!(name = self.name(), error = %e, "sync/verify stopped");
@@ -198,11 +272,11 @@ impl<D: BlockDevice + Clone> Replica<D> {
     /// Whether a delete may proceed now (spec 5.5): refused in `failover_failed` without
     /// `force`. A host waits for a running merge, then asks again.
     pub fn check_delete(&self, force: bool) -> Result<(), RpcError> {
-        match &self.role {
-            Role::Secondary(s) => s
+        match self.role() {
+            RoleRef::Secondary(s) => s
                 .check_delete(force)
                 .map_err(|e| RpcError::from_engine(self.name(), e)),
-            Role::Primary(_) => Ok(()),
+            RoleRef::Primary(_) => Ok(()),
         }
     }
 
@@ -211,9 +285,9 @@ impl<D: BlockDevice + Clone> Replica<D> {
     }
 
     fn error(&self) -> Value {
-        let r = match &self.role {
-            Role::Primary(p) => p.get_error(),
-            Role::Secondary(s) => s.get_error(),
+        let r = match self.role() {
+            RoleRef::Primary(p) => p.get_error(),
+            RoleRef::Secondary(s) => s.get_error(),
         };
         match r {
             Ok(()) => Value::Null,
@@ -228,9 +302,9 @@ impl<D: BlockDevice + Clone> Replica<D> {
 
     /// A `bdev_replication_get_status` entry, also `driver_specific.replication`.
     pub fn status(&self) -> Value {
-        let p = &self.params;
-        match &self.role {
-            Role::Secondary(sec) => {
+        let p = self.params();
+        match self.role() {
+            RoleRef::Secondary(sec) => {
                 let (active_blocks, hidden_clusters) = sec.allocated();
                 json!({
                     "name": p.name,
@@ -247,9 +321,10 @@ impl<D: BlockDevice + Clone> Replica<D> {
                     "merge": sec.merge_progress(),
                 })
             }
-            Role::Primary(pr) => json!({
+            RoleRef::Primary(pr) => json!({
                 "name": p.name,
                 "mode": "primary",
+                "reprotected": self.is_reprotected(),
                 "stage": pr.stage(),
                 "error": self.error(),
                 "cow_granularity": null,
@@ -268,6 +343,6 @@ impl<D: BlockDevice + Clone> Replica<D> {
 
     /// The `save_config` entry that recreates this replication bdev.
     pub fn config_entry(&self) -> Value {
-        json!({"method": "bdev_replication_create", "params": self.params})
+        json!({"method": "bdev_replication_create", "params": self.params()})
     }
 }

@@ -140,7 +140,7 @@ impl Host for RamHost {
                 .nodes
                 .borrow()
                 .iter()
-                .any(|n| n.params.bdev_names().contains(&name))
+                .any(|n| n.params().bdev_names().contains(&name))
     }
 
     fn open_claim(&self, param: &'static str, bdev: &str) -> Result<TestDisk, RpcError> {
@@ -179,7 +179,9 @@ impl Host for RamHost {
         self.nodes.borrow_mut().retain(|n| !Arc::ptr_eq(n, &node));
         // Overlays released at done are no longer ours to release.
         let done = node.secondary().is_some() && node.stage() == crate::engine::Stage::Done;
-        let legs = if done {
+        let legs = if node.is_reprotected() {
+            node.current_legs()
+        } else if done {
             &node.legs[..1]
         } else {
             &node.legs[..]
@@ -207,9 +209,13 @@ impl Host for RamHost {
     }
 
     fn release_overlays(&self, node: &Arc<Replica<TestDisk>>) {
-        if node.secondary().is_some() {
+        if matches!(node.role, super::replica::Role::Secondary(_)) {
             self.release(node.legs[1..].to_vec());
         }
+    }
+
+    fn reprotect_supported(&self, _name: &str) -> Result<(), RpcError> {
+        Ok(())
     }
 
     fn sleep(&self, _d: Duration) -> LocalBoxFuture<'static, ()> {

@@ -28,6 +28,11 @@ pub enum ReplicationError {
         op: &'static str,
         stage: crate::engine::Stage,
     },
+    /// `bdev_replication_reprotect` on a secondary that is not (yet) promoted.
+    #[error(
+        "Block replication is not done (stage {stage}): reprotect needs a promoted secondary in stage done"
+    )]
+    NotPromoted { stage: crate::engine::Stage },
     #[error("{0}")]
     Busy(String),
     #[error("the replication link is broken: run resync first")]

@@ -44,7 +44,8 @@ pub fn state_mask(method: &str) -> Option<u8> {
         "framework_start_init" => Some(STARTUP),
         m if super::rpc::NATIVE_METHODS.contains(&m)
             || METHODS.contains(&m)
-            || control::METHODS.contains(&m) =>
+            || control::METHODS.contains(&m)
+            || control::EXTRA_METHODS.contains(&m) =>
         {
             Some(RUNTIME)
         }
@@ -58,6 +59,7 @@ fn all_methods() -> impl Iterator<Item = &'static str> {
         .iter()
         .chain(METHODS)
         .chain(control::METHODS)
+        .chain(control::EXTRA_METHODS)
         .copied()
 }
 

@@ -6,7 +6,7 @@
 use super::bdev::{DelayParams, Dev};
 use super::node::{Exported, Face, Node};
 use super::reactor::{Reactor, sleep, spawn_local};
-use crate::control::{EBUSY, EINVAL, ENODEV, Host, Replica, RpcError};
+use crate::control::{EBUSY, EINVAL, ENODEV, Host, Replica, Role, RpcError};
 use crate::engine::{Mode, Stage};
 use futures::future::LocalBoxFuture;
 use serde_json::{Value, json};
@@ -167,7 +167,7 @@ impl App {
 
     fn replica_face(&self, name: &str) -> Option<(Arc<Node>, Face)> {
         self.nodes.borrow().iter().find_map(|n| {
-            let p = &n.replica.params;
+            let p = n.replica.params();
             if p.name == name {
                 Some((n.clone(), Face::Top))
             } else if p.ingress_name.as_deref() == Some(name) {
@@ -222,7 +222,7 @@ impl App {
         }
         for node in self.nodes.borrow().iter() {
             let r = &node.replica;
-            let faces: Vec<&str> = r.params.bdev_names();
+            let faces: Vec<&str> = r.params().bdev_names();
             for (i, n) in faces.into_iter().enumerate() {
                 let ex =
                     Exported::Replica(node.clone(), if i == 0 { Face::Top } else { Face::Ingress });
@@ -318,7 +318,9 @@ impl Host for Rc<App> {
         self.nodes.borrow_mut().retain(|n| !Arc::ptr_eq(n, &node));
         node.gone.store(true, Ordering::Release);
         let released = node.overlays_released.load(Ordering::Acquire);
-        let legs = if released {
+        let legs = if node.replica.is_reprotected() {
+            node.replica.current_legs()
+        } else if released {
             &node.replica.legs[..1]
         } else {
             &node.replica.legs[..]
@@ -327,7 +329,7 @@ impl Host for Rc<App> {
         // SPDK hot-removes a deleted bdev from the subsystems and vhost controllers using it.
         let names: Vec<String> = node
             .replica
-            .params
+            .params()
             .bdev_names()
             .into_iter()
             .map(str::to_owned)
@@ -375,7 +377,7 @@ impl Host for Rc<App> {
     }
 
     fn release_overlays(&self, node: &Arc<Node>) {
-        if node.replica.mode() == Mode::Secondary
+        if matches!(node.replica.role, Role::Secondary(_))
             && !node.overlays_released.swap(true, Ordering::AcqRel)
         {
             self.release(node.replica.legs[1..].to_vec());
@@ -384,5 +386,20 @@ impl Host for Rc<App> {
 
     fn sleep(&self, d: Duration) -> LocalBoxFuture<'static, ()> {
         Box::pin(sleep(d))
+    }
+
+    /// The native I/O path routes by [`Replica::role`] on every request.
+    fn reprotect_supported(&self, _name: &str) -> Result<(), RpcError> {
+        Ok(())
+    }
+
+    /// The ingress name no longer resolves ([`App::exported`] goes by the current params);
+    /// exports of it lose their namespace, as when a bdev is deleted.
+    fn retire_ingress(&self, node: &Arc<Node>) {
+        if let Some(ingress) = node.replica.params.ingress_name.as_deref() {
+            self.nvmf.bdev_removed(ingress);
+            self.vhost.bdev_removed(ingress);
+            tracing::info!(ingress, "reprotect: ingress bdev unregistered");
+        }
     }
 }

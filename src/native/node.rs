@@ -5,7 +5,7 @@
 use super::bdev::Dev;
 use super::buf::NativeBuf;
 use super::reactor::{NativeRuntime, Reactor, sleep, spawn_local};
-use crate::control::{Replica, Role};
+use crate::control::{Replica, RoleRef};
 use crate::engine::{BlockDevice, IoError};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -75,6 +75,7 @@ impl Exported {
     fn dev_like(&self) -> &Dev {
         match self {
             Exported::Dev(d) => d,
+            // The top's size is the base's (also the local leg after a reprotect).
             Exported::Replica(n, _) => &n.replica.legs[0],
         }
     }
@@ -91,7 +92,7 @@ impl Exported {
     pub fn write_cache(&self) -> bool {
         match self {
             Exported::Dev(d) => d.write_cache(),
-            Exported::Replica(n, _) => n.replica.legs.iter().any(Dev::write_cache),
+            Exported::Replica(n, _) => n.replica.current_legs().iter().any(Dev::write_cache),
         }
     }
 
@@ -145,10 +146,12 @@ impl Exported {
     async fn read(&self, lba: u64, buf: NativeBuf) -> Result<(), IoError> {
         match self {
             Exported::Dev(d) => d.read(lba, buf).await,
-            Exported::Replica(n, face) => match (&n.replica.role, face) {
-                (Role::Primary(p), _) => p.read(lba, buf).await,
-                (Role::Secondary(s), Face::Top) => s.top_read(lba, buf).await,
-                (Role::Secondary(s), Face::Ingress) => s.ingress_read(lba, buf).await,
+            Exported::Replica(n, face) => match (n.replica.role(), face) {
+                (RoleRef::Primary(p), Face::Top) => p.read(lba, buf).await,
+                // A reprotected secondary's former ingress: refused (EIO), as at done.
+                (RoleRef::Primary(_), Face::Ingress) => Err(IoError::Io),
+                (RoleRef::Secondary(s), Face::Top) => s.top_read(lba, buf).await,
+                (RoleRef::Secondary(s), Face::Ingress) => s.ingress_read(lba, buf).await,
             },
         }
     }
@@ -156,10 +159,12 @@ impl Exported {
     async fn write(&self, lba: u64, buf: NativeBuf) -> Result<(), IoError> {
         match self {
             Exported::Dev(d) => d.write(lba, buf).await,
-            Exported::Replica(n, face) => match (&n.replica.role, face) {
-                (Role::Primary(p), _) => p.write(&NativeRuntime, lba, buf).await,
-                (Role::Secondary(s), Face::Top) => s.top_write(lba, buf).await,
-                (Role::Secondary(s), Face::Ingress) => s.ingress_write(lba, buf).await,
+            Exported::Replica(n, face) => match (n.replica.role(), face) {
+                (RoleRef::Primary(p), Face::Top) => p.write(&NativeRuntime, lba, buf).await,
+                // A reprotected secondary's former ingress: refused (EIO), as at done.
+                (RoleRef::Primary(_), Face::Ingress) => Err(IoError::Io),
+                (RoleRef::Secondary(s), Face::Top) => s.top_write(lba, buf).await,
+                (RoleRef::Secondary(s), Face::Ingress) => s.ingress_write(lba, buf).await,
             },
         }
     }
@@ -167,10 +172,12 @@ impl Exported {
     async fn write_zeroes(&self, lba: u64, n: u64) -> Result<(), IoError> {
         match self {
             Exported::Dev(d) => d.write_zeroes(lba, n).await,
-            Exported::Replica(node, face) => match (&node.replica.role, face) {
-                (Role::Primary(p), _) => p.write_zeroes(&NativeRuntime, lba, n).await,
-                (Role::Secondary(s), Face::Top) => s.top_write_zeroes(lba, n).await,
-                (Role::Secondary(s), Face::Ingress) => s.ingress_write_zeroes(lba, n).await,
+            Exported::Replica(node, face) => match (node.replica.role(), face) {
+                (RoleRef::Primary(p), Face::Top) => p.write_zeroes(&NativeRuntime, lba, n).await,
+                // A reprotected secondary's former ingress: refused (EIO), as at done.
+                (RoleRef::Primary(_), Face::Ingress) => Err(IoError::Io),
+                (RoleRef::Secondary(s), Face::Top) => s.top_write_zeroes(lba, n).await,
+                (RoleRef::Secondary(s), Face::Ingress) => s.ingress_write_zeroes(lba, n).await,
             },
         }
     }
@@ -178,10 +185,12 @@ impl Exported {
     async fn unmap(&self, lba: u64, n: u64) -> Result<(), IoError> {
         match self {
             Exported::Dev(d) => d.unmap(lba, n).await,
-            Exported::Replica(node, face) => match (&node.replica.role, face) {
-                (Role::Primary(p), _) => p.unmap(&NativeRuntime, lba, n).await,
-                (Role::Secondary(s), Face::Top) => s.top_unmap(lba, n).await,
-                (Role::Secondary(s), Face::Ingress) => s.ingress_unmap(lba, n).await,
+            Exported::Replica(node, face) => match (node.replica.role(), face) {
+                (RoleRef::Primary(p), Face::Top) => p.unmap(&NativeRuntime, lba, n).await,
+                // A reprotected secondary's former ingress: refused (EIO), as at done.
+                (RoleRef::Primary(_), Face::Ingress) => Err(IoError::Io),
+                (RoleRef::Secondary(s), Face::Top) => s.top_unmap(lba, n).await,
+                (RoleRef::Secondary(s), Face::Ingress) => s.ingress_unmap(lba, n).await,
             },
         }
     }
@@ -189,10 +198,12 @@ impl Exported {
     async fn flush(&self) -> Result<(), IoError> {
         match self {
             Exported::Dev(d) => d.flush().await,
-            Exported::Replica(n, face) => match (&n.replica.role, face) {
-                (Role::Primary(p), _) => p.flush(&NativeRuntime).await,
-                (Role::Secondary(s), Face::Top) => s.top_flush().await,
-                (Role::Secondary(s), Face::Ingress) => s.ingress_flush().await,
+            Exported::Replica(n, face) => match (n.replica.role(), face) {
+                (RoleRef::Primary(p), Face::Top) => p.flush(&NativeRuntime).await,
+                // A reprotected secondary's former ingress: refused (EIO), as at done.
+                (RoleRef::Primary(_), Face::Ingress) => Err(IoError::Io),
+                (RoleRef::Secondary(s), Face::Top) => s.top_flush().await,
+                (RoleRef::Secondary(s), Face::Ingress) => s.ingress_flush().await,
             },
         }
     }

@@ -148,7 +148,7 @@ fn check_block_size(bs: u32) -> Result<(), RpcError> {
 
 /// Answers one call.
 pub async fn call(app: &Rc<App>, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
-    if control::METHODS.contains(&method) {
+    if control::METHODS.contains(&method) || control::EXTRA_METHODS.contains(&method) {
         return control::handle(app, method, params).await;
     }
     if super::framework::METHODS.contains(&method) {

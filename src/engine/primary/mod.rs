@@ -90,7 +90,8 @@ pub struct Primary<D: BlockDevice> {
     /// load on the hot path. A remote failure of an older generation is stale.
     link: AtomicU64,
     error: AtomicBool,
-    dirty: DirtyMap,
+    /// Shared with a retired secondary's late writes after a reprotect.
+    dirty: Arc<DirtyMap>,
     /// Per-region serialisation of sync copies, verify compares and (while a job runs)
     /// guest writes.
     regions: ClusterLocks,
@@ -145,7 +146,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
             });
         }
         Ok(Primary {
-            dirty: DirtyMap::new(local.num_blocks(), g / bs),
+            dirty: Arc::new(DirtyMap::new(local.num_blocks(), g / bs)),
             local,
             remote,
             config,
@@ -185,6 +186,11 @@ impl<D: BlockDevice + Clone> Primary<D> {
     /// The dirty map (regions that may differ on the remote).
     pub fn dirty(&self) -> &DirtyMap {
         &self.dirty
+    }
+    /// The dirty map, shared: a retired secondary marks its late writes in it
+    /// ([`crate::engine::Secondary::retire`]).
+    pub fn dirty_map(&self) -> Arc<DirtyMap> {
+        self.dirty.clone()
     }
     /// Timed-out remote requests still pending.
     pub fn detached(&self) -> u64 {
@@ -357,6 +363,43 @@ impl<D: BlockDevice + Clone> Primary<D> {
             }
             Stage::Failover | Stage::Done => Ok(false),
         }
+    }
+
+    /// `bdev_replication_reprotect`'s start of a fresh primary built over a promoted
+    /// secondary's base (stage `none`): `Full` marks every region; `None` keeps the map
+    /// clean, except
+    /// with `changed` (incremental): the regions of that map (over the same blocks: the
+    /// promoted secondary's changes since the last checkpoint) are marked. A sync begins
+    /// when anything is dirty (`Ok(true)`: the caller runs [`Primary::run_job`]).
+    pub fn start_promoted(
+        &self,
+        sync: SyncMode,
+        changed: Option<&DirtyMap>,
+    ) -> Result<bool, ReplicationError> {
+        if self.stage() != Stage::None {
+            return Err(ReplicationError::RunningOrDone);
+        }
+        if sync == SyncMode::Full {
+            self.dirty.mark_all();
+        } else if let Some(map) = changed {
+            for r in map.iter() {
+                let (lba, n) = map.extent(r);
+                self.dirty.mark_range(lba, n);
+            }
+        }
+        let job = self.dirty.count() > 0;
+        if job {
+            self.begin_job(sync::Job::Sync)?;
+        }
+        self.reset_link(job);
+        self.stage.set(Stage::Running);
+        tracing::info!(
+            sync = ?sync,
+            incremental = changed.is_some(),
+            dirty_bytes = self.dirty.dirty_bytes(self.local.block_size()),
+            "replication started (reprotected primary)"
+        );
+        Ok(job)
     }
 
     /// A no-op in every stage (spec 4): the checkpoint is the secondary's business.

@@ -160,6 +160,9 @@ impl<D: BlockDevice> Secondary<D> {
     /// Writes the SVM view of cluster `c` into the base, then drops the cluster from both
     /// overlays. The caller owns the cluster lock.
     async fn merge_cluster(&self, c: u64) -> Result<(), IoError> {
+        // Holds data of after the last checkpoint (hidden: the primary's writes since;
+        // active: the SVM's): an incremental reprotect copies it.
+        self.changed.mark(c);
         let (start, len) = self.geo.cluster_extent(c);
         let bs = u64::from(self.geo.block_size);
         let in_hidden = self.hidden_map.get(c) == AllocState::Data;

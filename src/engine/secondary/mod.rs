@@ -4,12 +4,16 @@
 use crate::engine::alloc_map::{AllocMap, AllocState};
 use crate::engine::cluster_lock::ClusterLocks;
 use crate::engine::device::{BlockDevice, IoBuf, IoError, WriteOp};
+use crate::engine::dirty::DirtyMap;
 use crate::engine::gate::IoGate;
 use crate::engine::stage::AtomicStage;
-use crate::engine::{Geometry, Mode, ReplicationError, Stage};
+use crate::engine::{Geometry, ReplicationError, Stage};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 
+mod control;
+mod ingress;
 mod merge;
 
 /// Default COW cluster size in bytes; see README "COW granularity" for the measurement.
@@ -122,6 +126,13 @@ pub struct Secondary<D: BlockDevice> {
     merge_total: AtomicU64,
     merge_done: AtomicU64,
     counters: Counters,
+    /// Set by a reprotect: the promoted primary's dirty map, where top writes that still
+    /// took this (retired) path mark their regions once they reach the base.
+    retired: OnceLock<Arc<DirtyMap>>,
+    /// Clusters changed since the last checkpoint, known from the failover on: those the
+    /// merge copied (hidden or active data) and every top write since. What an
+    /// incremental reprotect copies (one bit per cluster).
+    changed: DirtyMap,
 }
 
 impl<D: BlockDevice> Secondary<D> {
@@ -171,6 +182,8 @@ impl<D: BlockDevice> Secondary<D> {
             merge_total: AtomicU64::new(0),
             merge_done: AtomicU64::new(0),
             counters: Counters::default(),
+            retired: OnceLock::new(),
+            changed: DirtyMap::new(n, geo.cluster_blocks),
         })
     }
 
@@ -214,6 +227,12 @@ impl<D: BlockDevice> Secondary<D> {
             read_revalidations: c.read_revalidations.load(Relaxed),
             base_flushes: c.base_flushes.load(Relaxed),
         }
+    }
+
+    /// Clusters changed since the last checkpoint (tracked from the failover on; see
+    /// [`Secondary::retire`]): meaningful once `done`.
+    pub fn changed_since_checkpoint(&self) -> &DirtyMap {
+        &self.changed
     }
 
     pub fn merge_progress(&self) -> MergeProgress {
@@ -449,11 +468,25 @@ impl<D: BlockDevice> Secondary<D> {
     async fn top_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
         let _io = self.gate.enter().await;
         let n = op.nblocks(self.geo.block_size);
+        if matches!(
+            self.stage(),
+            Stage::Failover | Stage::FailoverFailed | Stage::Done
+        ) {
+            self.changed.mark_range(lba, n);
+        }
         loop {
             match self.plan_top_write(lba, n) {
                 TopWritePlan::Refused => return Err(IoError::Io),
                 TopWritePlan::Active => return self.write_active(lba, op).await,
-                TopWritePlan::Base => return op.issue(&self.base, lba).await,
+                TopWritePlan::Base => {
+                    let r = op.issue(&self.base, lba).await;
+                    if let Some(map) = self.retired.get() {
+                        // Reached the base behind the promoted primary's back: the remote
+                        // may lack it (marked even on failure, as the primary's local leg).
+                        map.mark_range(lba, n);
+                    }
+                    return r;
+                }
                 TopWritePlan::Slow if self.stage() == Stage::Failover => {
                     // Merge every touched cluster that still has overlay data, then write
                     // through: the SVM's own writes thus push the merge forward. If a merge
@@ -491,196 +524,6 @@ impl<D: BlockDevice> Secondary<D> {
                 part.issue(&self.base, pos).await?;
             }
             pos = stop;
-        }
-        Ok(())
-    }
-
-    // -------------------------------------------------------------- ingress (driver) --
-
-    pub async fn ingress_read(&self, lba: u64, buf: D::Buf) -> Result<(), IoError> {
-        self.check_buf(lba, &buf)?;
-        self.base.read(lba, buf).await
-    }
-
-    pub async fn ingress_write(&self, lba: u64, buf: D::Buf) -> Result<(), IoError> {
-        self.check_buf(lba, &buf)?;
-        self.ingress_modify(lba, WriteOp::Data(buf)).await
-    }
-
-    pub async fn ingress_write_zeroes(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
-        self.check_blocks(lba, nblocks)?;
-        self.ingress_modify(lba, WriteOp::Zeroes(nblocks)).await
-    }
-
-    pub async fn ingress_unmap(&self, lba: u64, nblocks: u64) -> Result<(), IoError> {
-        self.check_blocks(lba, nblocks)?;
-        self.ingress_modify(lba, WriteOp::Unmap(nblocks)).await
-    }
-
-    pub async fn ingress_flush(&self) -> Result<(), IoError> {
-        self.flush_base().await
-    }
-
-    pub(crate) async fn flush_base(&self) -> Result<(), IoError> {
-        if self.base.supports_flush() {
-            self.count_base_flush();
-        }
-        flush_all(&[&self.base]).await
-    }
-
-    /// For hosts that flush the base on their own fast path.
-    pub fn count_base_flush(&self) {
-        self.counters.base_flushes.fetch_add(1, Relaxed);
-    }
-
-    async fn ingress_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
-        let _io = self.gate.enter().await;
-        let n = op.nblocks(self.geo.block_size);
-        match self.plan_ingress_write(lba, n) {
-            IngressWritePlan::Refused => {
-                self.count_ingress_refused();
-                return Err(IoError::Io);
-            }
-            IngressWritePlan::Direct => {}
-            IngressWritePlan::Cow => {
-                // Clusters copy concurrently; each copy holds only its own cluster lock,
-                // so no ordering between writers can deadlock. Every copy runs to its end
-                // even when a sibling failed: its device I/O uses its buffer until then.
-                let copies = self
-                    .geo
-                    .clusters_of(lba, n)
-                    .map(|c| self.copy_before_write(c));
-                let results = futures::future::join_all(copies).await;
-                results.into_iter().collect::<Result<Vec<()>, IoError>>()?;
-            }
-        }
-        op.issue(&self.base, lba).await
-    }
-
-    /// Copies cluster `c` from base to hidden unless that already happened in this
-    /// checkpoint interval. Concurrent callers wait for the one copying, then find the
-    /// cluster allocated (or, if the copy failed, still armed, and copy again).
-    pub async fn copy_before_write(&self, c: u64) -> Result<(), IoError> {
-        if self.hidden_map.get(c) == AllocState::Data {
-            return Ok(());
-        }
-        let _c = self.clusters.lock(c).await;
-        if self.hidden_map.get(c) == AllocState::Data {
-            return Ok(());
-        }
-        let (start, len) = self.geo.cluster_extent(c);
-        let bytes = self.geo.bytes(len);
-        let buf = self.base.alloc_buf(bytes as usize)?;
-        let copied = async {
-            self.base.read(start, buf.clone()).await?;
-            self.hidden.write(start, buf).await
-        }
-        .await;
-        match copied {
-            Ok(()) => {
-                self.hidden_map.set_range(c, 1, AllocState::Data);
-                self.counters.cow_copies.fetch_add(1, Relaxed);
-                self.counters.cow_bytes.fetch_add(bytes, Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                self.counters.cow_failures.fetch_add(1, Relaxed);
-                tracing::warn!(cluster = c, error = %e, "copy-before-write failed; cluster stays armed");
-                Err(e)
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------ control path --
-
-    /// `start` (spec 5.6). Device existence and writability are the host's checks.
-    pub async fn start(&self, mode: Option<Mode>) -> Result<(), ReplicationError> {
-        let _ctl = self.control.lock().await;
-        match self.stage() {
-            Stage::None => {
-                if let Some(m) = mode.filter(|m| *m != Mode::Secondary) {
-                    return Err(ReplicationError::ModeMismatch {
-                        have: Mode::Secondary,
-                        got: m,
-                    });
-                }
-                let _hold = self.gate.hold().await;
-                self.empty_overlays();
-                self.error.store(false, SeqCst);
-                self.stage.set(Stage::Running);
-                tracing::info!("replication started (secondary)");
-                Ok(())
-            }
-            Stage::Running | Stage::FailoverFailed => Err(ReplicationError::RunningOrDone),
-            Stage::Failover | Stage::Done => Ok(()),
-        }
-    }
-
-    /// Re-arms COW for every cluster and empties both overlays: epoch bumps, O(1).
-    fn empty_overlays(&self) {
-        self.hidden_map.clear_all();
-        self.active_map.clear_all();
-    }
-
-    /// `checkpoint` (spec 5.3): holds new I/O, drains in-flight I/O, then empties.
-    pub async fn checkpoint(&self) -> Result<(), ReplicationError> {
-        let _ctl = self.control.lock().await;
-        match self.stage() {
-            Stage::Running => {
-                let _hold = self.gate.hold().await;
-                self.empty_overlays();
-                self.counters.checkpoints.fetch_add(1, Relaxed);
-                Ok(())
-            }
-            Stage::None | Stage::FailoverFailed => Err(ReplicationError::NotRunning),
-            Stage::Failover | Stage::Done => Ok(()),
-        }
-    }
-
-    /// `stop` (spec 5.4, 5.5). With failover this only switches to `failover` and returns
-    /// `true` to the one caller that did so: that caller runs the merge
-    /// ([`Secondary::run_merge`]) as a background task. Overlapping calls get `false`.
-    pub async fn stop(&self, failover: bool) -> Result<bool, ReplicationError> {
-        let _ctl = self.control.lock().await;
-        match (self.stage(), failover) {
-            (Stage::Running, false) => {
-                let _hold = self.gate.hold().await;
-                self.empty_overlays();
-                self.counters.checkpoints.fetch_add(1, Relaxed);
-                self.stage.set(Stage::Done);
-                tracing::info!("replication stopped without failover; top now serves the base");
-                Ok(false)
-            }
-            (Stage::Running, true) | (Stage::FailoverFailed, true) => {
-                // Hold so that no ingress write that passed its stage check is still on its
-                // way to the base when the merge starts.
-                let _hold = self.gate.hold().await;
-                self.error.store(false, SeqCst);
-                self.merge_cursor.store(0, SeqCst);
-                self.merge_done.store(0, SeqCst);
-                self.merge_total.store(self.overlay_bytes(), SeqCst);
-                self.stage.set(Stage::Failover);
-                tracing::info!(
-                    total_bytes = self.merge_total.load(SeqCst),
-                    "failover: merge started"
-                );
-                Ok(true)
-            }
-            (Stage::None, _) | (Stage::FailoverFailed, false) => Err(ReplicationError::NotRunning),
-            (Stage::Failover, _) | (Stage::Done, _) => Ok(false),
-        }
-    }
-
-    /// True while a failover merge is in progress (a host's delete waits for this).
-    pub fn is_merging(&self) -> bool {
-        self.stage() == Stage::Failover
-    }
-
-    /// Whether `bdev_replication_delete` may proceed (spec 5.5): in `failover_failed` the
-    /// overlays hold SVM data the base lacks, so only `force` deletes.
-    pub fn check_delete(&self, force: bool) -> Result<(), ReplicationError> {
-        if self.stage() == Stage::FailoverFailed && !force {
-            return Err(ReplicationError::UnmergedData);
         }
         Ok(())
     }
