@@ -11,7 +11,7 @@ use super::exec;
 use super::json;
 use super::node::{Kind, Node, OurBdev};
 use super::primary::{self, RemoteShared};
-use crate::control::Role;
+use crate::control::RoleRef;
 use crate::engine::{
     AllocState, BlockDevice, IngressWritePlan, IoError, ReadSegment, Source, TopWritePlan,
 };
@@ -137,7 +137,7 @@ unsafe extern "C" fn io_type_supported(ctx: *mut c_void, ty: s::spdk_bdev_io_typ
         // Unmap may reach the base (or the local leg) directly.
         // SAFETY: claimed, open bdev.
         s::SPDK_BDEV_IO_TYPE_UNMAP => unsafe {
-            s::spdk_bdev_io_type_supported(node.legs[0].0.bdev, ty)
+            s::spdk_bdev_io_type_supported(node.current_legs()[0].0.bdev, ty)
         },
         _ => false,
     }
@@ -175,43 +175,17 @@ pub unsafe extern "C" fn channel_create(io_device: *mut c_void, buf: *mut c_void
     // SAFETY: the io_device is a live node.
     let node = unsafe { &*(io_device as *const Node) };
     let mut legs = [null_mut(); 3];
-    for (i, leg) in node.legs.iter().enumerate() {
+    // After a reprotect: the former base and the remote leg (the overlays are released).
+    for (i, leg) in node.current_legs().iter().enumerate() {
         let desc = leg.desc();
         if !desc.is_null() {
             // SAFETY: open descriptor.
             legs[i] = unsafe { s::spdk_bdev_get_io_channel(desc) };
         }
     }
-    let (remote, poller) = match &node.role {
-        Role::Primary(p) => {
-            // remote_timeout_ms is bounded (an hour); u128 keeps the product exact anyway.
-            let timeout_us = p.config().remote_timeout.as_micros();
-            // SAFETY: FFI.
-            let hz = u128::from(unsafe { s::spdk_get_ticks_hz() });
-            // SAFETY: the io_device is the node's `Arc` allocation (see `Node::io_device`).
-            let node_arc = unsafe {
-                std::sync::Arc::increment_strong_count(io_device as *const Node);
-                std::sync::Arc::from_raw(io_device as *const Node)
-            };
-            let shared = Rc::new(RemoteShared::new(
-                node_arc,
-                legs[1],
-                u64::try_from(timeout_us * hz / 1_000_000).unwrap_or(u64::MAX),
-            ));
-            let period = u64::try_from(timeout_us / 4)
-                .unwrap_or(u64::MAX)
-                .clamp(1_000, 100_000);
-            // SAFETY: the channel keeps the shared state alive until it unregisters this.
-            let poller = unsafe {
-                s::spdk_poller_register(
-                    Some(primary::remote_timeout_poll),
-                    Rc::as_ptr(&shared) as *mut c_void,
-                    period,
-                )
-            };
-            (Some(shared), poller)
-        }
-        Role::Secondary(_) => (None, null_mut()),
+    let (remote, poller) = match node.primary() {
+        Some(p) => primary::remote_state(io_device, p, legs[1]),
+        None => (None, null_mut()),
     };
     // SAFETY: SPDK gives us size_of::<Channel>() bytes.
     unsafe {
@@ -256,17 +230,20 @@ pub fn drop_remote_leg(node: std::sync::Arc<Node>) {
 /// A secondary reached `done`: its overlays are no longer used (spec 5.5); release their
 /// channels on every thread, then their claims, so they can be deleted or reused.
 pub fn release_overlays(node: std::sync::Arc<Node>) {
-    if matches!(node.role, Role::Secondary(_)) {
+    // Created as a secondary and not reprotected: the legs 1 and 2 are the overlays.
+    if matches!(node.role, crate::control::Role::Secondary(_)) && !node.is_reprotected() {
         drop_legs(node, [false, true, true]);
     }
 }
 
 /// Puts the channels of the chosen legs on every thread, then releases and closes them on
-/// this thread. Idempotent.
+/// this thread. Idempotent. The legs are those claimed when called (a reprotect may switch
+/// them before the iteration ends).
 fn drop_legs(node: std::sync::Arc<Node>, which: [bool; 3]) {
     struct Ctx {
         node: std::sync::Arc<Node>,
         which: [bool; 3],
+        legs: Vec<super::dev::SpdkDev>,
     }
     unsafe extern "C" fn put_legs(i: *mut s::spdk_io_channel_iter) {
         unsafe {
@@ -295,7 +272,7 @@ fn drop_legs(node: std::sync::Arc<Node>, which: [bool; 3]) {
         unsafe {
             let cx = Box::from_raw(s::spdk_io_channel_iter_get_ctx(i) as *mut Ctx);
             for (leg, &drop_it) in cx.which.iter().enumerate() {
-                let Some(l) = cx.node.legs.get(leg).filter(|_| drop_it) else {
+                let Some(l) = cx.legs.get(leg).filter(|_| drop_it) else {
                     continue;
                 };
                 let desc = l.take_desc();
@@ -308,9 +285,53 @@ fn drop_legs(node: std::sync::Arc<Node>, which: [bool; 3]) {
         }
     }
     let io_device = node.io_device();
-    let ctx = Box::into_raw(Box::new(Ctx { node, which })) as *mut c_void;
+    let legs = node.current_legs().to_vec();
+    let ctx = Box::into_raw(Box::new(Ctx { node, which, legs })) as *mut c_void;
     // SAFETY: the context is released by close_legs.
     unsafe { s::spdk_for_each_channel(io_device, Some(put_legs), ctx, Some(close_legs)) };
+}
+
+/// A reprotect made `node` a primary: every existing channel takes the primary's shape (a
+/// channel of the remote leg, the forwarding state, the timeout poller). Until its thread
+/// is reached, a channel's writes go to the local leg only and mark their regions dirty.
+/// Channels created afterwards are primary-shaped from the start.
+pub fn promote_channels(node: std::sync::Arc<Node>) {
+    unsafe extern "C" fn promote(i: *mut s::spdk_io_channel_iter) {
+        unsafe {
+            let node = &*(s::spdk_io_channel_iter_get_ctx(i) as *const Node);
+            let ch = s::spdk_io_channel_iter_get_channel(i);
+            let c = &mut *(s::spdk_sys_io_channel_get_ctx(ch) as *mut Channel);
+            if let (None, Some(p)) = (&c.remote, node.primary()) {
+                // The overlays' channels were put when they were released (at `done`).
+                for leg in &mut c.legs[1..] {
+                    if !leg.is_null() {
+                        s::spdk_put_io_channel(*leg);
+                        *leg = null_mut();
+                    }
+                }
+                let desc = node.current_legs()[1].desc();
+                if !desc.is_null() {
+                    c.legs[1] = s::spdk_bdev_get_io_channel(desc);
+                }
+                let (remote, poller) = primary::remote_state(node.io_device(), p, c.legs[1]);
+                c.remote = remote;
+                c.poller = poller;
+            }
+            s::spdk_for_each_channel_continue(i, 0);
+        }
+    }
+    unsafe extern "C" fn done(i: *mut s::spdk_io_channel_iter, _st: i32) {
+        // SAFETY: the strong count taken below.
+        unsafe {
+            drop(std::sync::Arc::from_raw(
+                s::spdk_io_channel_iter_get_ctx(i) as *const Node
+            ))
+        };
+    }
+    let io_device = node.io_device();
+    let ctx = std::sync::Arc::into_raw(node) as *mut c_void;
+    // SAFETY: the node is kept alive by the strong count until `done`.
+    unsafe { s::spdk_for_each_channel(io_device, Some(promote), ctx, Some(done)) };
 }
 
 // -------------------------------------------------------------------- submission --
@@ -369,11 +390,14 @@ unsafe fn dispatch(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io) {
         let chan = &*(s::spdk_sys_io_channel_get_ctx(ch) as *const Channel);
         let ob = our_bdev(bdev_io);
         let node = &*ob.node;
-        match (&node.role, ob.kind) {
-            (Role::Secondary(_), Kind::Top) => top(node, chan, bdev_io),
-            (Role::Secondary(_), Kind::Ingress) => ingress(node, chan, bdev_io),
-            (Role::Primary(_), _) => primary::submit(node, chan, bdev_io),
-            (Role::Secondary(_), Kind::Primary) => complete(bdev_io, false),
+        match (node.role(), ob.kind) {
+            (RoleRef::Secondary(_), Kind::Top) => top(node, chan, bdev_io),
+            (RoleRef::Secondary(_), Kind::Ingress) => ingress(node, chan, bdev_io),
+            // A reprotected secondary's former ingress: refused, as in `done` (it is being
+            // unregistered).
+            (RoleRef::Primary(_), Kind::Ingress) => complete(bdev_io, false),
+            (RoleRef::Primary(_), _) => primary::submit(node, chan, bdev_io),
+            (RoleRef::Secondary(_), Kind::Primary) => complete(bdev_io, false),
         }
     }
 }
@@ -462,9 +486,9 @@ unsafe fn secondary_of(
     bdev_io: *mut s::spdk_bdev_io,
 ) -> &'static crate::engine::Secondary<super::dev::SpdkDev> {
     unsafe {
-        match &(&*our_bdev(bdev_io).node).role {
-            Role::Secondary(sec) => sec,
-            Role::Primary(_) => unreachable!(),
+        match (&*our_bdev(bdev_io).node).role() {
+            RoleRef::Secondary(sec) => sec,
+            RoleRef::Primary(_) => unreachable!(),
         }
     }
 }
@@ -510,7 +534,7 @@ const ACTIVE: usize = 2;
 
 unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let Role::Secondary(sec) = &node.role else {
+        let RoleRef::Secondary(sec) = node.role() else {
             unreachable!()
         };
         let r = req(bdev_io);
@@ -649,7 +673,7 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
 
 unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let Role::Secondary(sec) = &node.role else {
+        let RoleRef::Secondary(sec) = node.role() else {
             unreachable!()
         };
         let r = req(bdev_io);
@@ -790,7 +814,7 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
         let r = req(bdev_io);
         let bs = block_size(node);
         let op = child_of(r.ty).ok_or(IoError::Io)?;
-        if let Role::Primary(p) = &node.role {
+        if let RoleRef::Primary(p) = node.role() {
             // Writes while a sync or verify runs: under the region locks.
             let rt = super::exec::SpdkRuntime;
             return match op {
@@ -806,7 +830,7 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
                 _ => Err(IoError::Io),
             };
         }
-        let Role::Secondary(sec) = &node.role else {
+        let RoleRef::Secondary(sec) = node.role() else {
             return Err(IoError::Io);
         };
         match (ob.kind, op) {

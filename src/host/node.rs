@@ -5,12 +5,12 @@
 use super::dev::SpdkDev;
 use super::io::{self, Channel, IoCtx};
 use super::{MODULE, exec};
-use crate::control::{EBUSY, Host, Replica, Role, RpcError, errno_name};
+use crate::control::{EBUSY, Host, Replica, RoleRef, RpcError, errno_name};
 use futures::future::LocalBoxFuture;
 use spdk_sys as s;
 use std::cell::UnsafeCell;
 use std::ffi::{CString, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub struct Node {
     #[allow(clippy::vec_box)]
     bdevs: Vec<Box<UnsafeCell<OurBdev>>>,
     live: AtomicUsize,
+    /// The ingress bdev was unregistered by a reprotect: a delete must not unregister it
+    /// again.
+    ingress_retired: AtomicBool,
     on_gone: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
@@ -73,9 +76,15 @@ impl Node {
     /// Unregisters every bdev of the node; `done` runs once the node is gone.
     pub fn unregister(self: &Arc<Self>, done: Box<dyn FnOnce() + Send>) {
         self.on_gone.lock().unwrap().push(done);
+        let retired = self.ingress_retired.load(Ordering::SeqCst);
         for b in &self.bdevs {
             // SAFETY: registered bdev; SPDK calls `destruct` when it is gone.
-            unsafe { s::spdk_bdev_unregister(&mut (*b.get()).bdev, None, std::ptr::null_mut()) };
+            unsafe {
+                let ob = &mut *b.get();
+                if !(retired && ob.kind == Kind::Ingress) {
+                    s::spdk_bdev_unregister(&mut ob.bdev, None, std::ptr::null_mut());
+                }
+            }
         }
     }
 }
@@ -158,8 +167,8 @@ fn register(replica: Replica<SpdkDev>) -> Result<Arc<Node>, RpcError> {
     let legs = &replica.legs;
     // The top holds the SVM view across all three devices; the ingress writes the base;
     // the primary writes both legs (spec 4: advertise a cache when any leg has one).
-    let kinds: Vec<(Kind, &str, bool)> = match &replica.role {
-        Role::Secondary(_) => vec![
+    let kinds: Vec<(Kind, &str, bool)> = match replica.role() {
+        RoleRef::Secondary(_) => vec![
             (
                 Kind::Top,
                 &names[0],
@@ -167,7 +176,7 @@ fn register(replica: Replica<SpdkDev>) -> Result<Arc<Node>, RpcError> {
             ),
             (Kind::Ingress, &names[1], any_write_cache(&[&legs[0]])),
         ],
-        Role::Primary(_) => vec![(
+        RoleRef::Primary(_) => vec![(
             Kind::Primary,
             &names[0],
             any_write_cache(&[&legs[0], &legs[1]]),
@@ -206,6 +215,7 @@ fn register(replica: Replica<SpdkDev>) -> Result<Arc<Node>, RpcError> {
         replica,
         bdevs,
         live: AtomicUsize::new(0),
+        ingress_retired: AtomicBool::new(false),
         on_gone: Mutex::new(Vec::new()),
     });
     let io_name = CString::new(format!("replication_{}", node.name())).unwrap_or_default();
@@ -280,6 +290,8 @@ pub unsafe extern "C" fn destruct(ctx: *mut c_void) -> i32 {
 }
 
 fn teardown(node: &Node) {
+    // After a reprotect: the former base and the remote (the overlays went at `done`).
+    close_legs(node.current_legs());
     close_legs(&node.legs);
     // SAFETY: registered in `create`.
     unsafe { s::spdk_io_device_unregister(node.io_device(), Some(io_device_gone)) };
@@ -312,18 +324,16 @@ unsafe extern "C" fn base_event(
         .lock()
         .unwrap()
         .iter()
-        .find(|n| n.legs.iter().any(|l| l.0.bdev == bdev))
+        .find(|n| n.current_legs().iter().any(|l| l.0.bdev == bdev))
         .cloned()
     else {
         return;
     };
-    let leg = node
-        .legs
-        .iter()
-        .position(|l| l.0.bdev == bdev)
-        .expect("found above");
-    match &node.role {
-        Role::Primary(p) if leg == 1 => {
+    let Some(leg) = node.current_legs().iter().position(|l| l.0.bdev == bdev) else {
+        return;
+    };
+    match node.role() {
+        RoleRef::Primary(p) if leg == 1 => {
             tracing::warn!(
                 name = node.name(),
                 "remote leg removed: replication link broken, continuing locally"
@@ -334,7 +344,7 @@ unsafe extern "C" fn base_event(
         _ => {
             tracing::warn!(
                 name = node.name(),
-                base = node.legs[leg].name(),
+                base = node.current_legs()[leg].name(),
                 "base bdev removed: removing the replication bdev"
             );
             let n = node.clone();
@@ -403,6 +413,31 @@ impl Host for SpdkHost {
     }
     fn sleep(&self, d: Duration) -> LocalBoxFuture<'static, ()> {
         Box::pin(exec::sleep(d))
+    }
+    /// The I/O path routes by [`Replica::role`]; channels are switched by `retire_ingress`.
+    fn reprotect_supported(&self, _name: &str) -> Result<(), RpcError> {
+        Ok(())
+    }
+    /// The reprotected node's channels take the primary's shape, and its ingress bdev is
+    /// unregistered (SPDK hot-removes it from the subsystems and controllers using it).
+    fn retire_ingress(&self, node: &Arc<Node>) {
+        io::promote_channels(node.clone());
+        if node.ingress_retired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for b in &node.bdevs {
+            // SAFETY: our registered bdevs; `destruct` runs when the ingress is gone.
+            unsafe {
+                let ob = &mut *b.get();
+                if ob.kind == Kind::Ingress {
+                    tracing::info!(
+                        ingress = %ob.name.to_string_lossy(),
+                        "reprotect: ingress bdev unregistered"
+                    );
+                    s::spdk_bdev_unregister(&mut ob.bdev, None, std::ptr::null_mut());
+                }
+            }
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use super::io::{
     our_bdev, queue_retry, req, slow,
 };
 use super::node::Node;
-use crate::control::Role;
 use crate::engine::{BlockDevice, PrimaryWritePlan};
 use spdk_sys as s;
 use std::cell::{Cell, RefCell};
@@ -158,7 +157,7 @@ unsafe fn leg_done(bdev_io: *mut s::spdk_bdev_io) {
         ctx.pending -= 1;
         if ctx.pending == 0 {
             if ctx.mark != Mark::None
-                && let Role::Primary(p) = &(&*our_bdev(bdev_io).node).role
+                && let Some(p) = (&*our_bdev(bdev_io).node).primary()
             {
                 let r = req(bdev_io);
                 match ctx.mark {
@@ -186,9 +185,11 @@ unsafe extern "C" fn local_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut
 /// A primary request: reads from the local leg, writes to both (the remote leg bounced).
 pub(super) unsafe fn submit(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let Role::Primary(p) = &node.role else {
-            unreachable!()
+        let Some(p) = node.primary() else {
+            complete(bdev_io, false);
+            return;
         };
+        let legs = node.current_legs();
         let r = req(bdev_io);
         let Some(op) = child_of(r.ty) else {
             complete(bdev_io, false);
@@ -208,12 +209,10 @@ pub(super) unsafe fn submit(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_b
             PrimaryWritePlan::Locked { link_gen } => PrimaryWritePlan::Both { link_gen },
             p => p,
         };
-        let Some(shared) = chan.remote.as_ref() else {
-            complete(bdev_io, false);
-            return;
-        };
+        // None on a channel a reprotect has not switched to the primary's shape yet.
+        let shared = chan.remote.as_ref();
         // A flush skips legs without flush support (spec 4).
-        let skip = |leg: usize| matches!(op, Child::Flush) && !node.legs[leg].supports_flush();
+        let skip = |leg: usize| matches!(op, Child::Flush) && !legs[leg].supports_flush();
         let link = match plan {
             PrimaryWritePlan::Both { link_gen } | PrimaryWritePlan::Locked { link_gen } => {
                 Some(link_gen)
@@ -222,7 +221,11 @@ pub(super) unsafe fn submit(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_b
         };
         let forward = match link {
             Some(_) if skip(1) => None,
-            Some(link_gen) if !shared.remote_ch.get().is_null() => Some(link_gen),
+            // Local only for now: the region turns dirty, the reprotect's sync copies it.
+            Some(_) if shared.is_none() => None,
+            Some(link_gen) if shared.is_some_and(|s| !s.remote_ch.get().is_null()) => {
+                Some(link_gen)
+            }
             Some(_) => {
                 p.break_link();
                 None
@@ -252,7 +255,7 @@ pub(super) unsafe fn submit(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_b
             0
         } else {
             issue(
-                node.legs[0].desc(),
+                legs[0].desc(),
                 chan.legs[0],
                 op,
                 &r,
@@ -262,13 +265,15 @@ pub(super) unsafe fn submit(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_b
         };
         if rc != 0 {
             if rc == -ENOMEM {
-                queue_retry(bdev_io, node.legs[0].0.bdev, chan.legs[0]);
+                queue_retry(bdev_io, legs[0].0.bdev, chan.legs[0]);
             } else {
                 complete(bdev_io, false);
             }
             return;
         }
-        let Some(link_gen) = forward else { return };
+        let (Some(link_gen), Some(shared)) = (forward, shared) else {
+            return;
+        };
         p.count_forwarded();
         let mut rr = shared.free.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(RemoteReq {
@@ -342,7 +347,7 @@ unsafe fn submit_remote(rr: *mut RemoteReq) {
             iovcnt: (*rr).iovcnt,
         };
         let rc = issue(
-            node.legs[1].desc(),
+            node.current_legs()[1].desc(),
             shared.remote_ch.get(),
             (*rr).op,
             &r,
@@ -351,7 +356,7 @@ unsafe fn submit_remote(rr: *mut RemoteReq) {
         );
         if rc == -ENOMEM {
             let w = &mut (*rr).wait;
-            w.bdev = node.legs[1].0.bdev;
+            w.bdev = node.current_legs()[1].0.bdev;
             w.cb_fn = Some(remote_retry);
             w.cb_arg = rr.cast();
             if s::spdk_bdev_queue_io_wait(w.bdev, shared.remote_ch.get(), w) == 0 {
@@ -375,8 +380,8 @@ unsafe fn remote_finish(rr: *mut RemoteReq, ok: bool) {
     unsafe {
         let shared = (*rr).shared.take().expect("in flight");
         let node = &*shared.node;
-        let Role::Primary(p) = &node.role else {
-            unreachable!()
+        let Some(p) = node.primary() else {
+            unreachable!("a primary's channel state belongs to a primary")
         };
         let modifies = matches!((*rr).op, Child::Write | Child::WriteZeroes | Child::Unmap);
         if !ok && !(*rr).timed_out {
@@ -417,8 +422,8 @@ pub(super) unsafe extern "C" fn remote_timeout_poll(arg: *mut c_void) -> i32 {
     unsafe {
         let shared = &*(arg as *const RemoteShared);
         let node = &*shared.node;
-        let Role::Primary(p) = &node.role else {
-            unreachable!()
+        let Some(p) = node.primary() else {
+            unreachable!("a primary's channel state belongs to a primary")
         };
         let now = s::spdk_get_ticks();
         let mut rr = shared.head.get();
@@ -445,4 +450,39 @@ pub(super) unsafe extern "C" fn remote_timeout_poll(arg: *mut c_void) -> i32 {
         }
         busy
     }
+}
+
+/// A primary channel's remote-leg state and its timeout poller (`remote_ch`: this thread's
+/// channel of the remote leg).
+pub(super) fn remote_state(
+    io_device: *mut c_void,
+    p: &crate::engine::Primary<super::dev::SpdkDev>,
+    remote_ch: *mut s::spdk_io_channel,
+) -> (Option<Rc<RemoteShared>>, *mut s::spdk_poller) {
+    // remote_timeout_ms is bounded (an hour); u128 keeps the product exact anyway.
+    let timeout_us = p.config().remote_timeout.as_micros();
+    // SAFETY: FFI.
+    let hz = u128::from(unsafe { s::spdk_get_ticks_hz() });
+    // SAFETY: the io_device is the node's `Arc` allocation (see `Node::io_device`).
+    let node_arc = unsafe {
+        std::sync::Arc::increment_strong_count(io_device as *const Node);
+        std::sync::Arc::from_raw(io_device as *const Node)
+    };
+    let shared = Rc::new(RemoteShared::new(
+        node_arc,
+        remote_ch,
+        u64::try_from(timeout_us * hz / 1_000_000).unwrap_or(u64::MAX),
+    ));
+    let period = u64::try_from(timeout_us / 4)
+        .unwrap_or(u64::MAX)
+        .clamp(1_000, 100_000);
+    // SAFETY: the channel keeps the shared state alive until it unregisters this.
+    let poller = unsafe {
+        s::spdk_poller_register(
+            Some(remote_timeout_poll),
+            Rc::as_ptr(&shared) as *mut c_void,
+            period,
+        )
+    };
+    (Some(shared), poller)
 }

@@ -67,7 +67,10 @@ macro_rules! methods {
                     )
                 };
             )*
-            debug_assert_eq!([$($name),*].len(), control::METHODS.len());
+            debug_assert_eq!(
+                [$($name),*].len(),
+                control::METHODS.len() + control::EXTRA_METHODS.len()
+            );
         }
     };
 }
@@ -82,4 +85,5 @@ methods! {
     rpc_get_status => "bdev_replication_get_status",
     rpc_resync => "bdev_replication_resync",
     rpc_verify => "bdev_replication_verify",
+    rpc_reprotect => "bdev_replication_reprotect",
 }
