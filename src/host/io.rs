@@ -610,7 +610,18 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                     }
                 },
                 TopWritePlan::Base => {
-                    issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true)
+                    // Tracked for an incremental reprotect, and after a reprotect for the
+                    // promoted primary's map (see `top_base_write_done`).
+                    sec.base_write_begin(r.lba, r.blocks);
+                    issue_on(
+                        node,
+                        chan,
+                        BASE,
+                        op,
+                        bdev_io,
+                        Some(top_base_write_done),
+                        true,
+                    )
                 }
                 TopWritePlan::Slow => {
                     sec.gate().exit();
@@ -621,6 +632,17 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
                 }
             },
         }
+    }
+}
+
+unsafe extern "C" fn top_base_write_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        s::spdk_bdev_free_io(child);
+        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
+        let sec = secondary_of(bdev_io);
+        let r = req(bdev_io);
+        sec.base_write_done(r.lba, r.blocks);
+        finish_gated(sec, bdev_io, ok);
     }
 }
 

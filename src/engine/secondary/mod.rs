@@ -465,26 +465,38 @@ impl<D: BlockDevice> Secondary<D> {
         Ok(())
     }
 
-    async fn top_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
-        let _io = self.gate.enter().await;
-        let n = op.nblocks(self.geo.block_size);
+    /// A top write about to reach the base (`TopWritePlan::Base`, or any top write from
+    /// the failover on): its clusters are changed since the last checkpoint. Hosts' fast
+    /// paths call this and [`Secondary::base_write_done`] around the write.
+    pub fn base_write_begin(&self, lba: u64, n: u64) {
         if matches!(
             self.stage(),
             Stage::Failover | Stage::FailoverFailed | Stage::Done
         ) {
             self.changed.mark_range(lba, n);
         }
+    }
+
+    /// A top write reached the base (or failed to): after a reprotect it went behind the
+    /// promoted primary's back, so the remote may lack it (marked even on failure, as the
+    /// primary's local leg).
+    pub fn base_write_done(&self, lba: u64, n: u64) {
+        if let Some(map) = self.retired.get() {
+            map.mark_range(lba, n);
+        }
+    }
+
+    async fn top_modify(&self, lba: u64, op: WriteOp<D::Buf>) -> Result<(), IoError> {
+        let _io = self.gate.enter().await;
+        let n = op.nblocks(self.geo.block_size);
+        self.base_write_begin(lba, n);
         loop {
             match self.plan_top_write(lba, n) {
                 TopWritePlan::Refused => return Err(IoError::Io),
                 TopWritePlan::Active => return self.write_active(lba, op).await,
                 TopWritePlan::Base => {
                     let r = op.issue(&self.base, lba).await;
-                    if let Some(map) = self.retired.get() {
-                        // Reached the base behind the promoted primary's back: the remote
-                        // may lack it (marked even on failure, as the primary's local leg).
-                        map.mark_range(lba, n);
-                    }
+                    self.base_write_done(lba, n);
                     return r;
                 }
                 TopWritePlan::Slow if self.stage() == Stage::Failover => {
