@@ -162,7 +162,11 @@ impl App {
             if let Some(st) = app.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("{name} exited ({st}) during start-up:\n{}", app.log_text());
             }
-            if app.sock.exists() && app.rpc("framework_wait_init", Value::Null).is_ok() {
+            // Probed without panicking: the socket can exist a moment before SPDK's RPC
+            // server answers on it (the client then sees a reset, not JSON).
+            if app.sock.exists()
+                && matches!(app.try_rpc("framework_wait_init", Value::Null), Some(Ok(_)))
+            {
                 break;
             }
             assert!(
@@ -192,6 +196,23 @@ impl App {
 
     /// A raw call through SPDK's Python client: `Ok(result)` or `Err((code, message))`.
     pub fn rpc(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
+        self.try_rpc_output(method, params)
+            .unwrap_or_else(|(text, err)| {
+                panic!("{method}: no JSON from the RPC client: {text} {err}")
+            })
+    }
+
+    /// `rpc`, or `None` when the client got no answer at all (nothing listening yet).
+    pub fn try_rpc(&self, method: &str, params: Value) -> Option<Result<Value, (i64, String)>> {
+        self.try_rpc_output(method, params).ok()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn try_rpc_output(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<Result<Value, (i64, String)>, (String, String)> {
         let mut cmd = Command::new("python3");
         cmd.arg(&self.rpc_call).arg(&self.sock).arg(method);
         if !params.is_null() {
@@ -199,19 +220,19 @@ impl App {
         }
         let out = cmd.output().expect("python3");
         let text = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
-            panic!(
-                "{method}: no JSON from the RPC client: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
+        let v: Value = serde_json::from_str(text.trim()).map_err(|_| {
+            (
+                text.to_string(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
             )
-        });
-        match v.get("error") {
+        })?;
+        Ok(match v.get("error") {
             Some(e) => Err((
                 e["code"].as_i64().unwrap_or(0),
                 e["message"].as_str().unwrap_or("").to_string(),
             )),
             None => Ok(v["result"].clone()),
-        }
+        })
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
