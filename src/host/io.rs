@@ -482,13 +482,22 @@ unsafe fn finish_gated(
     unsafe { complete(bdev_io, ok) };
 }
 
+/// The secondary engine a node was created with. Requests routed to it before a reprotect
+/// keep using it until they complete (the current role is already the primary then).
+fn created_secondary(node: &Node) -> Option<&crate::engine::Secondary<super::dev::SpdkDev>> {
+    match &node.role {
+        crate::control::Role::Secondary(sec) => Some(sec),
+        crate::control::Role::Primary(_) => None,
+    }
+}
+
 unsafe fn secondary_of(
     bdev_io: *mut s::spdk_bdev_io,
 ) -> &'static crate::engine::Secondary<super::dev::SpdkDev> {
     unsafe {
-        match (&*our_bdev(bdev_io).node).role() {
-            RoleRef::Secondary(sec) => sec,
-            RoleRef::Primary(_) => unreachable!(),
+        match created_secondary(&*our_bdev(bdev_io).node) {
+            Some(sec) => sec,
+            None => unreachable!("only a secondary's requests complete through here"),
         }
     }
 }
@@ -534,8 +543,9 @@ const ACTIVE: usize = 2;
 
 unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let RoleRef::Secondary(sec) = node.role() else {
-            unreachable!()
+        let Some(sec) = created_secondary(node) else {
+            complete(bdev_io, false);
+            return;
         };
         let r = req(bdev_io);
         let Some(op) = child_of(r.ty) else {
@@ -695,8 +705,9 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
 
 unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
     unsafe {
-        let RoleRef::Secondary(sec) = node.role() else {
-            unreachable!()
+        let Some(sec) = created_secondary(node) else {
+            complete(bdev_io, false);
+            return;
         };
         let r = req(bdev_io);
         let Some(op) = child_of(r.ty) else {
@@ -837,6 +848,10 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
         let bs = block_size(node);
         let op = child_of(r.ty).ok_or(IoError::Io)?;
         if let RoleRef::Primary(p) = node.role() {
+            if ob.kind == Kind::Ingress {
+                // Routed before a reprotect retired the ingress: refused, as in `done`.
+                return Err(IoError::Io);
+            }
             // Writes while a sync or verify runs: under the region locks.
             let rt = super::exec::SpdkRuntime;
             return match op {
@@ -852,7 +867,7 @@ async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
                 _ => Err(IoError::Io),
             };
         }
-        let RoleRef::Secondary(sec) = node.role() else {
+        let Some(sec) = created_secondary(node) else {
             return Err(IoError::Io);
         };
         match (ob.kind, op) {

@@ -198,7 +198,10 @@ impl App {
     pub fn rpc(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
         self.try_rpc_output(method, params)
             .unwrap_or_else(|(text, err)| {
-                panic!("{method}: no JSON from the RPC client: {text} {err}")
+                panic!(
+                    "{method}: no JSON from the RPC client: {text} {err}\n{}",
+                    self.log_text()
+                )
             })
     }
 
