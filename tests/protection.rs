@@ -143,7 +143,7 @@ fn sync(n: &Node) -> Value {
 
 fn wait_state(n: &Node, state: &str) -> Value {
     let mut last = Value::Null;
-    wait_for(60, &format!("sync state {state}"), || {
+    wait_for(120, &format!("sync state {state}"), || {
         last = sync(n);
         last["state"] == state
     });

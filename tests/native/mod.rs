@@ -80,14 +80,19 @@ impl Host {
     }
 }
 
-/// SPDK processes poll their cores: tests on the SPDK host take turns.
-static SPDK_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Process-pair tests of a binary take turns (see `host_or_skip`).
+static NODE_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    NODE_SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// For a test on `host`: `None` (after one line saying why) when that host cannot run here;
-/// otherwise a guard that serialises SPDK tests within this binary.
+/// otherwise a guard that serialises these tests within this binary (SPDK nodes poll their
+/// cores, and two pairs syncing at once on a small machine starve each other).
 pub fn host_or_skip(host: Host, test: &str) -> Option<Option<std::sync::MutexGuard<'static, ()>>> {
     match host {
-        Host::Native => Some(None),
+        Host::Native => Some(Some(serial())),
         Host::Spdk if !spdk_replication::SPDK_FOUND => {
             use std::io::Write;
             let _ = writeln!(
@@ -96,7 +101,7 @@ pub fn host_or_skip(host: Host, test: &str) -> Option<Option<std::sync::MutexGua
             );
             None
         }
-        Host::Spdk => Some(Some(SPDK_SERIAL.lock().unwrap_or_else(|e| e.into_inner()))),
+        Host::Spdk => Some(Some(serial())),
     }
 }
 
