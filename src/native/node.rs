@@ -4,7 +4,7 @@
 
 use super::bdev::Dev;
 use super::buf::NativeBuf;
-use super::reactor::{NativeRuntime, Reactor, sleep, spawn_local};
+use super::reactor::{NativeRuntime, Reactor, on_reactor, sleep, spawn_local};
 use crate::control::{Replica, Role};
 use crate::engine::{BlockDevice, IoError};
 use std::cell::Cell;
@@ -205,15 +205,26 @@ thread_local! {
     static CONN_REACTOR: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Runs `ops` in order on the reactor of the calling transport thread (chosen round robin
-/// at its first request, as SPDK spreads qpairs over poll groups) and calls `done` from
-/// there with the last read's data, or the first error.
-pub fn submit(
+/// Runs `ops` in order and calls `done` with the last read's data, or the first error.
+/// Called on a reactor (the native NVMe/TCP connections), the ops run right there, with no
+/// message to another thread; called from a transport thread (vhost), on that thread's
+/// reactor, chosen round robin at its first request as SPDK spreads qpairs over poll
+/// groups.
+pub fn submit<I>(
     ex: &Exported,
     reactors: &[Reactor],
-    ops: Vec<BlockOp>,
+    ops: I,
     done: impl FnOnce(Result<Vec<u8>, ExportError>) + Send + 'static,
-) {
+) where
+    I: IntoIterator<Item = BlockOp>,
+    I::IntoIter: Send + 'static,
+{
+    let ex = ex.clone();
+    let ops = ops.into_iter();
+    if on_reactor() {
+        spawn_local(run_ops(ex, ops, done));
+        return;
+    }
     let i = CONN_REACTOR.with(|c| match c.get() {
         Some(i) => i,
         None => {
@@ -225,17 +236,20 @@ pub fn submit(
     let Some(r) = reactors.get(i % reactors.len().max(1)) else {
         return done(Err(ExportError::Gone));
     };
-    let ex = ex.clone();
-    r.send(move || {
-        spawn_local(async move {
-            let mut out = Ok(Vec::new());
-            for op in ops {
-                out = ex.run(op).await;
-                if out.is_err() {
-                    break;
-                }
-            }
-            done(out)
-        })
-    });
+    r.send(move || spawn_local(run_ops(ex, ops, done)));
+}
+
+async fn run_ops(
+    ex: Exported,
+    ops: impl Iterator<Item = BlockOp>,
+    done: impl FnOnce(Result<Vec<u8>, ExportError>),
+) {
+    let mut out = Ok(Vec::new());
+    for op in ops {
+        out = ex.run(op).await;
+        if out.is_err() {
+            break;
+        }
+    }
+    done(out)
 }

@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 type Msg = Box<dyn FnOnce() + Send>;
 type Task = Pin<Box<dyn Future<Output = ()>>>;
 
+/// A task and its waker, made once at spawn rather than on every poll.
+struct TaskSlot {
+    fut: Option<Task>,
+    waker: Waker,
+}
+
 const RING_ENTRIES: u32 = 256;
 /// user_data of the eventfd read that wakes a sleeping reactor.
 const WAKE_TAG: u64 = u64::MAX;
@@ -108,7 +114,7 @@ struct OpSlot {
 struct Local {
     shared: Arc<Shared>,
     ring: RefCell<IoUring>,
-    tasks: RefCell<Slab<Option<Task>>>,
+    tasks: RefCell<Slab<TaskSlot>>,
     ops: RefCell<Slab<OpSlot>>,
     timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
     timer_seq: Cell<u64>,
@@ -129,11 +135,25 @@ pub fn current() -> Option<Reactor> {
     with_local(|l| Reactor(l.shared.clone()))
 }
 
+/// Whether the calling thread is a reactor.
+pub fn on_reactor() -> bool {
+    with_local(|_| ()).is_some()
+}
+
 /// Spawns a task on the calling reactor. Off a reactor the task is dropped and logged:
 /// every caller runs on one by construction.
 pub fn spawn_local(fut: impl Future<Output = ()> + 'static) {
     let ok = with_local(|l| {
-        let id = l.tasks.borrow_mut().insert(Some(Box::pin(fut)));
+        let mut tasks = l.tasks.borrow_mut();
+        let e = tasks.vacant_entry();
+        let id = e.key();
+        e.insert(TaskSlot {
+            fut: Some(Box::pin(fut)),
+            waker: Waker::from(Arc::new(TaskWaker {
+                id,
+                shared: l.shared.clone(),
+            })),
+        });
         l.shared.ready.push(id);
     });
     if ok.is_none() {
@@ -393,15 +413,11 @@ fn run_loop(shared: Arc<Shared>, ring: IoUring) {
 
 fn poll_task(local: &Rc<Local>, id: usize) {
     // Take the task out so it can spawn others (which borrows the slab) while polled.
-    let task = match local.tasks.borrow_mut().get_mut(id) {
-        Some(t) => t.take(),
+    let (task, waker) = match local.tasks.borrow_mut().get_mut(id) {
+        Some(t) => (t.fut.take(), t.waker.clone()),
         None => return,
     };
     let Some(mut task) = task else { return };
-    let waker = Waker::from(Arc::new(TaskWaker {
-        id,
-        shared: local.shared.clone(),
-    }));
     let done = task
         .as_mut()
         .poll(&mut Context::from_waker(&waker))
@@ -410,7 +426,7 @@ fn poll_task(local: &Rc<Local>, id: usize) {
     if done {
         tasks.remove(id);
     } else if let Some(slot) = tasks.get_mut(id) {
-        *slot = Some(task);
+        slot.fut = Some(task);
     }
 }
 

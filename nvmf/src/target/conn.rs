@@ -177,6 +177,27 @@ impl TargetConn {
         Some(std::mem::take(&mut self.tx))
     }
 
+    /// Hands the bytes to send over by swapping them with `out`, which must be empty (the
+    /// driver's buffer whose previous contents are all sent). Unlike
+    /// [`Self::poll_transmit`] this neither allocates nor copies once the two buffers have
+    /// grown: the connection keeps encoding into the vector it got back, so responses
+    /// produced while a send is in flight gather there for the next one.
+    pub fn transmit_into(&mut self, out: &mut Vec<u8>) {
+        if self.tx.is_empty() {
+            if self.close_after_flush {
+                self.close("host disconnected");
+            }
+            return;
+        }
+        out.clear();
+        std::mem::swap(out, &mut self.tx);
+    }
+
+    /// Bytes queued for sending and not yet handed to the driver.
+    pub fn pending_transmit(&self) -> usize {
+        self.tx.len()
+    }
+
     /// The next I/O request for the driver to hand to its backend.
     pub fn poll_io(&mut self) -> Option<IoRequest> {
         self.ios.pop_front()
