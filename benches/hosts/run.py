@@ -3,10 +3,10 @@
 bdevperf (issue 8's benchmark). Stdlib only.
 
 For each host (`replication_tgt --host spdk`, `--host native`), on core 1: a node holding a
-secondary `svm0` in `running` over three mallocs (exports: its top and its ingress) and a
-primary `pvm0` in `running` (local malloc; remote leg: a malloc of a second node of the
-same host, attached over loopback NVMe/TCP), each exported over NVMe/TCP. bdevperf runs
-on core 0.
+secondary `svm0` in `running` over three mallocs (exports: its top and its ingress), then,
+once those rows are measured, a primary `pvm0` in `running` (local malloc; remote leg: a
+malloc of a second node of the same host, started only then, attached over loopback
+NVMe/TCP), each exported over NVMe/TCP. bdevperf runs on core 0.
 A plain malloc `m0` is exported too: its rows measure the NVMe/TCP transport alone.
 Then one bdevperf per (role, workload) attaches to the export and runs 4 KiB random
 read / random write at QD32, and a QD1 random read gives the plain malloc's latency. The
@@ -126,9 +126,40 @@ def run_host(binary, host, spdk, secs, base_port):
     procs = []
     try:
         rport, ing, top, pri, plain = (base_port + i for i in range(5))
+        node_cfg = {"subsystems": [
+            {"subsystem": "bdev", "config": [
+                malloc("b0"), malloc("h0"), malloc("a0"), malloc("l0"), malloc("m0"),
+                {"method": "bdev_replication_create", "params": {
+                    "name": "svm0", "mode": "secondary", "base_bdev": "b0",
+                    "hidden_bdev": "h0", "active_bdev": "a0"}}]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]
+             + export("nqn.2016-06.io.spdk:svm0-ingress", "svm0_ingress", ing)
+             + export("nqn.2016-06.io.spdk:svm0", "svm0", top)
+             + export("nqn.2016-06.io.spdk:m0", "m0", plain)}]}
+        p, sock = start(binary, host, d, "node", node_cfg, "0x2")
+        procs.append(p)
+        call(sock, "bdev_replication_start", {"name": "svm0", "mode": "secondary"})
+        rows = {}
+
+        def measure(role, port, nqn):
+            for w in ["randread", "randwrite"]:
+                rows[(role, w)] = bdevperf(spdk, d, port, nqn, w, secs)[0]
+                print(f"  {host:6} {role:14} {w:9} {rows[(role, w)]:10.0f} IOPS", flush=True)
+
+        # The node alone on core 1 first: a second SPDK process there would take half of
+        # the core from the node being measured (SPDK reactors busy-poll), so the remote
+        # leg only comes for the primary's rows.
+        measure("secondary top", top, "nqn.2016-06.io.spdk:svm0")
+        measure("ingress", ing, "nqn.2016-06.io.spdk:svm0-ingress")
+        measure("plain malloc", plain, "nqn.2016-06.io.spdk:m0")
+        iops, lat = bdevperf(spdk, d, plain, "nqn.2016-06.io.spdk:m0", "randread", secs, qd=1)
+        rows[("plain malloc", "QD1 randread")] = iops
+        rows[("plain malloc", "QD1 latency us")] = lat
+        print(f"  {host:6} plain malloc   QD1 read  {iops:10.0f} IOPS {lat:7.1f} us", flush=True)
         # The primary's remote leg: a malloc of a second node of the same host, on the same
         # core (this machine has two: bdevperf has the other). Two SPDK processes
-        # busy-poll that core, so the SPDK host's primary row is pessimistic here.
+        # busy-poll that core, so the SPDK host's primary rows are pessimistic here.
         remote_cfg = {"subsystems": [
             {"subsystem": "bdev", "config": [malloc("r0")]},
             {"subsystem": "nvmf", "config": [
@@ -136,40 +167,17 @@ def run_host(binary, host, spdk, secs, base_port):
              + export("nqn.2016-06.io.spdk:r0", "r0", rport)}]}
         p, _ = start(binary, host, d, "remote", remote_cfg, "0x2")
         procs.append(p)
-        node_cfg = {"subsystems": [
-            {"subsystem": "bdev", "config": [
-                malloc("b0"), malloc("h0"), malloc("a0"), malloc("l0"), malloc("m0"),
-                {"method": "bdev_nvme_attach_controller", "params": {
-                    "name": "rem", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
-                    "trsvcid": str(rport), "subnqn": "nqn.2016-06.io.spdk:r0"}},
-                {"method": "bdev_replication_create", "params": {
-                    "name": "svm0", "mode": "secondary", "base_bdev": "b0",
-                    "hidden_bdev": "h0", "active_bdev": "a0"}},
-                {"method": "bdev_replication_create", "params": {
-                    "name": "pvm0", "mode": "primary", "local_bdev": "l0",
-                    "remote_bdev": "remn1"}}]},
-            {"subsystem": "nvmf", "config": [
-                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]
-             + export("nqn.2016-06.io.spdk:svm0-ingress", "svm0_ingress", ing)
-             + export("nqn.2016-06.io.spdk:svm0", "svm0", top)
-             + export("nqn.2016-06.io.spdk:pvm0", "pvm0", pri)
-             + export("nqn.2016-06.io.spdk:m0", "m0", plain)}]}
-        p, sock = start(binary, host, d, "node", node_cfg, "0x2")
-        procs.append(p)
-        call(sock, "bdev_replication_start", {"name": "svm0", "mode": "secondary"})
+        call(sock, "bdev_nvme_attach_controller", {
+            "name": "rem", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+            "trsvcid": str(rport), "subnqn": "nqn.2016-06.io.spdk:r0"})
+        call(sock, "bdev_replication_create", {
+            "name": "pvm0", "mode": "primary", "local_bdev": "l0", "remote_bdev": "remn1"})
+        for c in export("nqn.2016-06.io.spdk:pvm0", "pvm0", pri):
+            call(sock, c["method"], c["params"])
         call(sock, "bdev_replication_start", {"name": "pvm0", "mode": "primary"})
-        rows = {}
-        for role, port, nqn in [("primary", pri, "nqn.2016-06.io.spdk:pvm0"),
-                                ("secondary top", top, "nqn.2016-06.io.spdk:svm0"),
-                                ("ingress", ing, "nqn.2016-06.io.spdk:svm0-ingress"),
-                                ("plain malloc", plain, "nqn.2016-06.io.spdk:m0")]:
-            for w in ["randread", "randwrite"]:
-                rows[(role, w)] = bdevperf(spdk, d, port, nqn, w, secs)[0]
-                print(f"  {host:6} {role:14} {w:9} {rows[(role, w)]:10.0f} IOPS", flush=True)
-        iops, lat = bdevperf(spdk, d, plain, "nqn.2016-06.io.spdk:m0", "randread", secs, qd=1)
-        rows[("plain malloc", "QD1 randread")] = iops
-        rows[("plain malloc", "QD1 latency us")] = lat
-        print(f"  {host:6} plain malloc   QD1 read  {iops:10.0f} IOPS {lat:7.1f} us", flush=True)
+        measure("primary", pri, "nqn.2016-06.io.spdk:pvm0")
+        order = [("primary", "randread"), ("primary", "randwrite")]
+        rows = {k: rows[k] for k in order} | {k: v for k, v in rows.items() if k not in order}
         return rows
     finally:
         for p in procs:
