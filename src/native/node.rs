@@ -7,7 +7,7 @@ use super::buf::NativeBuf;
 use super::reactor::{NativeRuntime, Reactor, on_reactor, sleep, spawn_local};
 use crate::control::{Replica, Role};
 use crate::engine::{BlockDevice, IoError};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -105,7 +105,7 @@ impl Exported {
                     .checked_mul(bs)
                     .and_then(|l| usize::try_from(l).ok())
                     .ok_or(ExportError::Io(IoError::OutOfRange))?;
-                (Some(NativeBuf::from_vec(vec![0u8; len])), true)
+                (Some(NativeBuf::from_vec(read_buf(len))), true)
             }
             _ => (None, false),
         };
@@ -196,6 +196,48 @@ impl Exported {
             },
         }
     }
+}
+
+/// Read buffers kept per thread for reuse: a transport hands a read's buffer back once
+/// the data is on its way ([`recycle_read_buf`]). Saves an allocation and a free per read
+/// (with glibc, each 4 KiB allocation also consolidates the small chunks freed meanwhile).
+const POOL_BUFS: usize = 64;
+const POOL_MAX_LEN: usize = 128 * 1024;
+
+thread_local! {
+    static READ_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A zeroed buffer of `len` bytes, reused when one is at hand. Zeroed like a fresh one, so
+/// a device that fills less than asked can never expose an earlier request's data.
+fn read_buf(len: usize) -> Vec<u8> {
+    let reused = READ_BUFS.with(|p| {
+        let mut p = p.try_borrow_mut().ok()?;
+        let i = p.iter().rposition(|b| b.capacity() >= len)?;
+        Some(p.swap_remove(i))
+    });
+    match reused {
+        Some(mut b) => {
+            b.clear();
+            b.resize(len, 0);
+            b
+        }
+        None => vec![0u8; len],
+    }
+}
+
+/// Gives a read buffer back for [`read_buf`] on this thread.
+pub fn recycle_read_buf(b: Vec<u8>) {
+    if b.capacity() > POOL_MAX_LEN {
+        return;
+    }
+    READ_BUFS.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut()
+            && p.len() < POOL_BUFS
+        {
+            p.push(b);
+        }
+    });
 }
 
 static NEXT_REACTOR: AtomicUsize = AtomicUsize::new(0);

@@ -242,7 +242,11 @@ impl Conn {
                 std::mem::swap(&mut g.done, &mut self.taken);
             }
             for (tag, r) in self.taken.drain(..) {
-                self.conn.complete_io(tag, r);
+                // The read's data is copied into the PDUs by now: its buffer serves the
+                // next read on this reactor.
+                if let Some(b) = self.conn.complete_io_keep(tag, r) {
+                    super::node::recycle_read_buf(b);
+                }
                 progress = true;
             }
             while let Some(req) = self.conn.poll_io() {
