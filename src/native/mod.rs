@@ -11,6 +11,7 @@ pub mod framework;
 pub mod host;
 pub mod node;
 pub mod nvmf;
+pub mod nvmf_tcp;
 pub mod reactor;
 pub mod rpc;
 pub mod rpc_server;

@@ -1,14 +1,14 @@
 //! NVMe-oF/TCP exports through SPDK's RPC names (`nvmf_create_transport`,
 //! `nvmf_create_subsystem`, `nvmf_subsystem_add_ns`, `nvmf_subsystem_add_listener`, ...),
-//! served by the project's target (`nvmf`). Each connection's requests run on one reactor,
-//! chosen round robin when the connection first submits, as SPDK spreads qpairs over
-//! poll groups.
+//! served by the project's target (`nvmf`). Each connection is served by one reactor,
+//! chosen round robin at accept as SPDK spreads qpairs over poll groups: its socket, its
+//! protocol state and its bdev I/O all run there (see `nvmf_tcp`).
 
 use super::node::{BlockOp, ExportError, Exported, submit};
+use super::nvmf_tcp::ReactorServer;
 use super::reactor::Reactor;
 use crate::control::{EEXIST, EINVAL, ENODEV, RpcError};
 use crate::engine::IoError;
-use nvmf::driver::TargetServer;
 use nvmf::target::{
     Backend, IoDone, IoOp, NamespaceConfig, NsError, SubsystemConfig, Target, TargetConfig,
 };
@@ -47,25 +47,37 @@ impl Backend for NsBackend {
         self.vwc
     }
     fn submit(&self, op: IoOp, done: IoDone) {
-        let ops = match op {
-            IoOp::Read { lba, nblocks } => vec![BlockOp::Read {
-                lba,
-                nblocks: nblocks.into(),
-            }],
-            IoOp::Write { lba, data } => vec![BlockOp::Write { lba, data }],
-            IoOp::Flush => vec![BlockOp::Flush],
-            IoOp::WriteZeroes { lba, nblocks } => vec![BlockOp::WriteZeroes {
-                lba,
-                nblocks: nblocks.into(),
-            }],
-            IoOp::Deallocate { ranges } => ranges
-                .into_iter()
-                .map(|(lba, n)| BlockOp::Unmap {
+        // One op, or a Deallocate's ranges: no vector for the common single op.
+        let (one, more) = match op {
+            IoOp::Read { lba, nblocks } => (
+                BlockOp::Read {
+                    lba,
+                    nblocks: nblocks.into(),
+                },
+                Vec::new(),
+            ),
+            IoOp::Write { lba, data } => (BlockOp::Write { lba, data }, Vec::new()),
+            IoOp::Flush => (BlockOp::Flush, Vec::new()),
+            IoOp::WriteZeroes { lba, nblocks } => (
+                BlockOp::WriteZeroes {
+                    lba,
+                    nblocks: nblocks.into(),
+                },
+                Vec::new(),
+            ),
+            IoOp::Deallocate { ranges } => {
+                let mut it = ranges.into_iter().map(|(lba, n)| BlockOp::Unmap {
                     lba,
                     nblocks: n.into(),
-                })
-                .collect(),
+                });
+                match it.next() {
+                    Some(first) => (first, it.collect()),
+                    // Every range was empty: nothing to do.
+                    None => return done(Ok(Vec::new())),
+                }
+            }
         };
+        let ops = std::iter::once(one).chain(more);
         submit(&self.exported, &self.reactors, ops, move |r| {
             done(r.map_err(ns_error))
         });
@@ -134,7 +146,7 @@ pub struct NvmfState {
     /// `nvmf_create_transport` params as given, for save_config.
     transport: RefCell<Option<Value>>,
     subsystems: RefCell<Vec<SubsysDef>>,
-    servers: RefCell<BTreeMap<SocketAddr, TargetServer>>,
+    servers: RefCell<BTreeMap<SocketAddr, ReactorServer>>,
 }
 
 #[derive(Deserialize)]
@@ -407,7 +419,7 @@ impl NvmfState {
             }
             let mut servers = self.servers.borrow_mut();
             if let std::collections::btree_map::Entry::Vacant(v) = servers.entry(addr) {
-                let s = TargetServer::start(t, addr).map_err(|e| {
+                let s = ReactorServer::start(t, addr, self.reactors.clone()).map_err(|e| {
                     RpcError::invalid("listen_address", format!("Unable to listen on {addr}: {e}"))
                 })?;
                 v.insert(s);

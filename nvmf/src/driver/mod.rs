@@ -1,5 +1,9 @@
-//! Thin drivers running the sans-I/O state machines on std::net sockets, one thread per
-//! connection direction: [`TargetServer`] for the target, [`Controller`] for the host.
+//! Thin drivers running the sans-I/O state machines on std::net sockets with threads:
+//! [`TargetServer`] for the target (a reader and a worker thread per connection),
+//! [`Controller`] for the host (a reader thread per queue; submitters send themselves,
+//! a writer thread takes only what the socket does not). The native host serves its
+//! target connections on its io_uring reactors instead (`src/native/nvmf_tcp.rs`), which
+//! saves the thread handoffs per request.
 
 mod block_on;
 mod bringup;

@@ -1,6 +1,8 @@
 //! One initiator connection on a socket: a reader thread feeds the [`HostQueue`] and wakes
-//! the futures of completed commands; a writer thread sends, so a submitter never blocks
-//! on the socket and the reader never waits for a writer.
+//! the futures of completed commands. A submitter sends its PDUs itself with a
+//! non-blocking `send` (no thread handoff on the fast path); only what the socket does not
+//! take at once goes to a writer thread, so a submitter never blocks on the socket and the
+//! reader never waits for a writer.
 
 use super::Error;
 use crate::host::{HostEvent, HostQueue, HostQueueConfig};
@@ -10,7 +12,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -37,6 +41,9 @@ struct Inner {
 pub(crate) struct QPair {
     inner: Mutex<Inner>,
     tx: Sender<Vec<u8>>,
+    /// Buffers handed to the writer thread and not yet fully written. While any are, new
+    /// PDUs must queue behind them to keep their order.
+    queued: Arc<AtomicUsize>,
     stream: TcpStream,
 }
 
@@ -52,6 +59,9 @@ impl QPair {
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
         let mut q = HostQueue::new(cfg);
         let first = q.poll_transmit().unwrap_or_default();
+        // The ICReq counts as queued until the writer has sent it.
+        let queued = Arc::new(AtomicUsize::new(1));
+        let wq = queued.clone();
         let qp = Arc::new(Self {
             inner: Mutex::new(Inner {
                 q,
@@ -60,6 +70,7 @@ impl QPair {
                 failed: None,
             }),
             tx,
+            queued,
             stream: stream.try_clone().map_err(|e| Error::Io(e.to_string()))?,
         });
         let mut w = stream.try_clone().map_err(|e| Error::Io(e.to_string()))?;
@@ -70,11 +81,13 @@ impl QPair {
                     let _ = w.shutdown(Shutdown::Both);
                     return;
                 }
+                wq.fetch_sub(1, Ordering::AcqRel);
                 while let Ok(b) = rx.recv() {
                     if w.write_all(&b).is_err() {
                         let _ = w.shutdown(Shutdown::Both);
                         return;
                     }
+                    wq.fetch_sub(1, Ordering::AcqRel);
                 }
             })
             .map_err(|e| Error::Io(e.to_string()))?;
@@ -108,9 +121,44 @@ impl QPair {
     }
 
     /// Sends what the queue produced; called with the lock held so PDUs keep their order.
+    /// Tries the socket directly first (never blocking: `MSG_DONTWAIT`); the rest, or all
+    /// of it while the writer thread still has bytes, goes to the writer.
     fn flush(&self, inner: &mut Inner) {
-        if let Some(b) = inner.q.poll_transmit() {
-            let _ = self.tx.send(b);
+        let Some(b) = inner.q.poll_transmit() else {
+            return;
+        };
+        let mut sent = 0;
+        if self.queued.load(Ordering::Acquire) == 0 {
+            while sent < b.len() {
+                let rest = b.get(sent..).unwrap_or(&[]);
+                // SAFETY: sends from a live slice on a socket this QPair owns; the flags
+                // make it non-blocking for this call only (the reader's fd stays blocking).
+                let n = unsafe {
+                    libc::send(
+                        self.stream.as_raw_fd(),
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n <= 0 {
+                    // EAGAIN (socket full), EINTR, or an error the writer will meet too.
+                    break;
+                }
+                sent += n as usize;
+            }
+        }
+        if sent < b.len() {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            let rest = if sent == 0 {
+                b
+            } else {
+                b.get(sent..).unwrap_or(&[]).to_vec()
+            };
+            if self.tx.send(rest).is_err() {
+                // The writer is gone (the socket failed); the reader reports the failure.
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 

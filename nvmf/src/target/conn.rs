@@ -177,6 +177,27 @@ impl TargetConn {
         Some(std::mem::take(&mut self.tx))
     }
 
+    /// Hands the bytes to send over by swapping them with `out`, which must be empty (the
+    /// driver's buffer whose previous contents are all sent). Unlike
+    /// [`Self::poll_transmit`] this neither allocates nor copies once the two buffers have
+    /// grown: the connection keeps encoding into the vector it got back, so responses
+    /// produced while a send is in flight gather there for the next one.
+    pub fn transmit_into(&mut self, out: &mut Vec<u8>) {
+        if self.tx.is_empty() {
+            if self.close_after_flush {
+                self.close("host disconnected");
+            }
+            return;
+        }
+        out.clear();
+        std::mem::swap(out, &mut self.tx);
+    }
+
+    /// Bytes queued for sending and not yet handed to the driver.
+    pub fn pending_transmit(&self) -> usize {
+        self.tx.len()
+    }
+
     /// The next I/O request for the driver to hand to its backend.
     pub fn poll_io(&mut self) -> Option<IoRequest> {
         self.ios.pop_front()
@@ -254,14 +275,18 @@ impl TargetConn {
 
     /// Delivers a backend completion.
     pub fn complete_io(&mut self, tag: u64, res: IoResult) {
-        let Some(cid) = self.tags.remove(&tag) else {
-            return;
-        };
+        drop(self.complete_io_keep(tag, res));
+    }
+
+    /// As [`Self::complete_io`], and hands back the read data's buffer once its bytes are
+    /// queued for sending, so that a driver can reuse the allocation for the next read.
+    pub fn complete_io_keep(&mut self, tag: u64, res: IoResult) -> Option<Vec<u8>> {
+        let cid = self.tags.remove(&tag)?;
         let Some(Cmd::Running { read_len }) = self.cmds.remove(&cid) else {
-            return;
+            return None;
         };
         if self.state == State::Closed {
-            return;
+            return None;
         }
         match res {
             Ok(data) if read_len > 0 => {
@@ -270,8 +295,12 @@ impl TargetConn {
                 } else {
                     self.respond_data(cid, &data, 0);
                 }
+                Some(data)
             }
-            Ok(_) => self.respond(cid, Status::SUCCESS, 0, 0),
+            Ok(_) => {
+                self.respond(cid, Status::SUCCESS, 0, 0);
+                None
+            }
             Err(e) => {
                 let s = match e {
                     NsError::Io if read_len > 0 => Status::UNRECOVERED_READ_ERROR,
@@ -282,6 +311,7 @@ impl TargetConn {
                     NsError::Internal => Status::INTERNAL_ERROR,
                 };
                 self.respond(cid, s, 0, 0);
+                None
             }
         }
     }
