@@ -8,43 +8,15 @@
 //!    secondary's top and ingress, against a plain RAM disk exported by the same target.
 //!    (With SPDK installed, `benches/bdevperf/run.py` compares against the SPDK host.)
 
-use futures::future::join_all;
-use nvmf::driver::{ConnectOptions, Controller};
-use serde_json::{Value, json};
+mod common;
+
+use common::{BS, Rng, export, free_port, median_spread, nvmf_run, ok, rounds, secs};
+use serde_json::json;
 use spdk_replication::native::app::NativeNode;
 use spdk_replication::native::node::BlockOp;
 use std::time::{Duration, Instant};
 
-const BS: u64 = 4096;
 const BLOCKS: u64 = 16384;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn ok(n: &NativeNode, m: &str, p: Value) -> Value {
-    n.call(m, p).unwrap_or_else(|e| panic!("{m}: {e}"))
-}
-
-fn secs() -> f64 {
-    std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0)
-}
-
-fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
-}
 
 /// IOPS of a QD1 loop of 4 KiB random reads or writes on bdev `name`, on the app reactor.
 fn bdev_iops(n: &NativeNode, name: &str, write: bool, d: Duration) -> f64 {
@@ -72,73 +44,6 @@ fn bdev_iops(n: &NativeNode, name: &str, write: bool, d: Duration) -> f64 {
         ios as f64 / t.elapsed().as_secs_f64()
     })
     .expect("app")
-}
-
-fn median_spread(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v[v.len() / 2];
-    (m, (v[v.len() - 1] - v[0]) / m)
-}
-
-fn listen(nqn: &str, port: u16) -> Value {
-    json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
-           "traddr": "127.0.0.1", "trsvcid": port.to_string()}})
-}
-
-fn export(n: &NativeNode, nqn: &str, bdev: &str, port: u16) {
-    ok(
-        n,
-        "nvmf_create_subsystem",
-        json!({"nqn": nqn, "allow_any_host": true}),
-    );
-    ok(
-        n,
-        "nvmf_subsystem_add_ns",
-        json!({"nqn": nqn, "namespace": {"bdev_name": bdev}}),
-    );
-    ok(n, "nvmf_subsystem_add_listener", listen(nqn, port));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// (IOPS, mean latency µs) of QD `qd` 4 KiB random I/O through our initiator.
-fn nvmf_run(port: u16, nqn: &str, write: bool, qd: usize, d: Duration) -> (f64, f64) {
-    let c = Controller::connect(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        nqn,
-        "nqn.2014-08.org.nvmexpress:uuid:bench",
-        ConnectOptions {
-            queue_size: 128,
-            ..ConnectOptions::default()
-        },
-    )
-    .expect("connect");
-    let t = Instant::now();
-    let c = &c;
-    let counts = futures::executor::block_on(join_all((0..qd).map(|q| async move {
-        let mut rng = Rng(0x1234_5678 + q as u64);
-        let mut n = 0u64;
-        let data = bytes::Bytes::from(vec![0xA5u8; BS as usize]);
-        while t.elapsed() < d {
-            let lba = rng.next() % BLOCKS;
-            if write {
-                c.write(1, lba, data.clone()).await.expect("write");
-            } else {
-                c.read(1, lba, 1).await.expect("read");
-            }
-            n += 1;
-        }
-        n
-    })));
-    let el = t.elapsed().as_secs_f64();
-    let ios: u64 = counts.iter().sum();
-    (ios as f64 / el, el * 1e6 * qd as f64 / ios as f64)
 }
 
 fn main() {
@@ -265,8 +170,8 @@ fn main() {
                 let mut ratios = Vec::new();
                 let mut figs = Vec::new();
                 for _ in 0..rounds() {
-                    let (bi, bl) = nvmf_run(bport, bnqn, write, qd, d);
-                    let (fi, fl) = nvmf_run(port, nqn, write, qd, d);
+                    let (bi, bl) = nvmf_run(bport, bnqn, BLOCKS, write, qd, d);
+                    let (fi, fl) = nvmf_run(port, nqn, BLOCKS, write, qd, d);
                     ratios.push(fi / bi);
                     figs.push((fi, fl, bi, bl));
                 }

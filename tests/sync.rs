@@ -312,3 +312,35 @@ fn wrong_stages_and_busy_jobs_are_refused() {
     assert!(bad(3 * 4096).is_some());
     assert!(bad(4096).is_none());
 }
+
+#[test]
+fn a_sync_keeps_several_regions_in_flight_each_under_its_lock() {
+    let rt = TestRuntime::default();
+    let (l, r, p) = pair();
+    l.inner().fill(0x3C);
+    p.start_with(None, Some(SyncMode::Full)).unwrap();
+    // Every copy waits on the remote: the sync issues up to its depth (1 MiB of 16 KiB
+    // regions, capped at 32) before any completes.
+    let latch = r.hold(&[OpKind::Write], None, None);
+    let mut sync = Box::pin(p.run_job(&rt, |_| std::future::ready(())).fuse());
+    assert!(poll_once(sync.as_mut()).is_pending());
+    assert_eq!(latch.arrived(), 32);
+    // A guest write to a region being copied waits for that copy; one to a region not
+    // yet issued goes straight to both legs.
+    let mut w_busy = Box::pin(p.write(&rt, 0, data(RB, 0x99)));
+    assert!(poll_once(w_busy.as_mut()).is_pending());
+    assert_eq!(l.inner().contents(0..4), vec![0x3C; 4]);
+    latch.open();
+    // The copy ends first (the sync is polled), then the guest write takes the lock.
+    assert!(poll_once(w_busy.as_mut()).is_pending());
+    let early = match poll_once(sync.as_mut()) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    };
+    assert_eq!(run(w_busy), Ok(()));
+    assert_eq!(early.unwrap_or_else(|| run(sync)), Ok(()));
+    assert_eq!(disk(&r), disk(&l));
+    assert_eq!(r.inner().contents(0..REGION), data(RB, 0x99).to_vec());
+    assert_eq!(p.sync_status().state, SyncState::InSync);
+    assert_eq!(p.counters().sync_copies, BLOCKS / RB);
+}
