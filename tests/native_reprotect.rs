@@ -455,17 +455,33 @@ fn incremental_reprotect_onto_the_former_primarys_disk_copies_only_the_changes()
     }
     b.ok("bdev_replication_checkpoint", json!({"name": "svm0"}));
     // After the checkpoint: A writes 1 MiB at block 4096 (reaches B's ingress: COW'd into
-    // hidden), B's SVM writes 64 KiB at block 0. Then A is lost; B fails over.
+    // hidden), B's SVM writes 64 KiB at block 0. Then B fails over.
     c.blocking().write(1, 4096, fill(256 * BS, 0x22)).unwrap();
     let t = top.connect();
     t.blocking().write(1, 0, fill(16 * BS, 0x33)).unwrap();
-    drop(c);
-    a.kill();
     b.ok(
         "bdev_replication_stop",
         json!({"name": "svm0", "failover": true}),
     );
     wait_for(60, "B's failover", || b.status("svm0")["stage"] == "done");
+    // A's guest writes on until it is fenced: 128 KiB at block 8000, refused by B's
+    // ingress after the failover, so they stay on A's disk only and in A's dirty map,
+    // which the operator takes to B (the former primary's part of the map exchange).
+    c.blocking().write(1, 8000, fill(32 * BS, 0x55)).unwrap();
+    let st = a.status("pvm0");
+    assert_eq!(st["sync"]["state"], "out_of_sync", "{st}");
+    let out = a.replctl(&["dirty-map", "pvm0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(map["extents"], json!([[8000 * BS, 32 * BS]]), "{map}");
+    let map_file = tmp.path().join("a.map");
+    std::fs::write(&map_file, &out.stdout).unwrap();
+    drop(c);
+    a.kill();
     // Since the failover: 64 KiB at block 10000.
     t.blocking().write(1, 10000, fill(16 * BS, 0x44)).unwrap();
 
@@ -476,12 +492,22 @@ fn incremental_reprotect_onto_the_former_primarys_disk_copies_only_the_changes()
         json!({"name": "svm1", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
                "trsvcid": (port + 5).to_string(), "subnqn": "nqn.2016-06.io.spdk:svm1-ingress"}),
     );
+    // Write cache (spec 4: advertised when any leg has one): B's legs are RAM disks; the
+    // new remote's base is a file, so the reprotected top gains one.
+    let wc = |n: &Node, bdev: &str| {
+        n.ok("bdev_get_bdevs", json!({"name": bdev}))[0]["write_cache"].clone()
+    };
+    assert_eq!(wc(&b, "svm0"), json!(false));
+    assert_eq!(wc(&b, "svm1n1"), json!(true));
+    assert!(!top.connect().info().vwc, "VWC before the reprotect");
     let out = b.replctl(&[
         "reprotect",
         "svm0",
         "svm1n1",
         "--sync",
         "incremental",
+        "--peer-map",
+        map_file.to_str().unwrap(),
         "--wait",
     ]);
     assert!(
@@ -492,8 +518,18 @@ fn incremental_reprotect_onto_the_former_primarys_disk_copies_only_the_changes()
     );
     let st = b.status("svm0");
     assert_eq!(st["sync"]["state"], "in_sync", "{st}");
-    // Copied: the 1 MiB A wrote and both 64 KiB SVM writes, in 64 KiB regions.
-    assert_eq!(st["counters"]["sync_bytes"], (1 << 20) + 2 * 65536, "{st}");
+    assert_eq!(wc(&b, "svm0"), json!(true));
+    assert!(
+        top.connect().info().vwc,
+        "VWC of a new connection after the reprotect"
+    );
+    // Copied: the 1 MiB A wrote before the failover, both 64 KiB SVM writes, and A's
+    // 128 KiB after it (its map), in 64 KiB regions.
+    assert_eq!(
+        st["counters"]["sync_bytes"],
+        (1 << 20) + 2 * 65536 + 131072,
+        "{st}"
+    );
     let ingress = Export {
         port: port + 5,
         nqn: "nqn.2016-06.io.spdk:svm1-ingress".into(),

@@ -135,7 +135,7 @@ fn reprotect_errors_name_bdev_stage_and_param_and_change_nothing() {
 
     let node = promoted(&h, 0);
     let claimed_before = h.claimed();
-    let cases: Vec<(Value, i32, &str)> = vec![
+    let mut cases: Vec<(Value, i32, &str)> = vec![
         (
             rp("s0", "nope"),
             -19,
@@ -173,7 +173,37 @@ fn reprotect_errors_name_bdev_stage_and_param_and_change_nothing() {
             -22,
             "sync_granularity: 3 must be a power of two, at most 16777216",
         ),
+        (
+            json!({"name": "s0", "remote_bdev": "n0", "peer_dirty_extents": [[0, 4096]]}),
+            -22,
+            "peer_dirty_extents: only valid with sync \"incremental\"",
+        ),
+        (
+            json!({"name": "s0", "remote_bdev": "n0", "sync": "incremental",
+                   "peer_dirty_extents": [[1]]}),
+            -32602,
+            "peer_dirty_extents",
+        ),
     ];
+    let outside = "not a non-empty run of whole 4096-byte blocks inside the 8388608-byte disk";
+    for (ext, at) in [
+        (json!([[0, 4096], [0, 0]]), "extent 1 [0, 0]"),
+        (json!([[100, 4096]]), "extent 0 [100, 4096]"),
+        (json!([[4096, 100]]), "extent 0 [4096, 100]"),
+        (json!([[DISK - 4096, 8192]]), "extent 0 [8384512, 8192]"),
+        (
+            json!([[u64::MAX - 4095, 8192]]),
+            "extent 0 [18446744073709547520, 8192]",
+        ),
+    ] {
+        let params = json!({"name": "s0", "remote_bdev": "n0", "sync": "incremental",
+                            "peer_dirty_extents": ext});
+        cases.push((
+            params,
+            -22,
+            Box::leak(format!("peer_dirty_extents: {at}: {outside}").into_boxed_str()),
+        ));
+    }
     for (params, code, msg) in cases {
         let (c, m) = err(&h, "bdev_replication_reprotect", params.clone());
         assert_eq!(c, code, "{params}: {m}");
@@ -365,22 +395,60 @@ fn incremental_reprotect_copies_exactly_what_changed_since_the_last_checkpoint()
         sec.changed_since_checkpoint().iter().collect::<Vec<_>>(),
         vec![0, 128, 129, 250]
     );
+    // The former primary's part: it wrote blocks 1500..1504 after losing the link (they
+    // never reached s0). Its dirty map (p0, default 64 KiB regions: blocks 1488..1504)
+    // goes to the reprotect.
+    run(n0.inner().write(1500, buf(4, 0x55))).unwrap();
+    ok(
+        &h,
+        "bdev_replication_create",
+        json!({"name": "p0", "mode": "primary", "local_bdev": "l0", "remote_bdev": "r0"}),
+    );
+    ok(&h, "bdev_replication_start", json!({"name": "p0"}));
+    h.disk("r0").unwrap().fail(
+        &[spdk_replication::engine::testing::OpKind::Write],
+        None,
+        None,
+    );
+    let p0 = find(&h, "p0").unwrap();
+    run(p0
+        .primary()
+        .unwrap()
+        .write(&TestRuntime::default(), 1500, buf(4, 0x55)))
+    .unwrap();
+    let map = ok(&h, "bdev_replication_get_dirty_map", json!({"name": "p0"}));
+    assert_eq!(
+        map,
+        json!({"name": "p0", "block_size": 4096, "sync_granularity": 65536,
+               "dirty_bytes": 65536, "extents": [[1488 * 4096, 65536]]})
+    );
+    assert_eq!(
+        err(&h, "bdev_replication_get_dirty_map", json!({"name": "s0"})),
+        (
+            -22,
+            "s0: get_dirty_map: not valid with mode secondary".into()
+        )
+    );
+    assert_eq!(
+        err(&h, "bdev_replication_get_dirty_map", json!({"name": "zz"})),
+        (-19, "name: no replication bdev named zz".into())
+    );
     ok(
         &h,
         "bdev_replication_reprotect",
         json!({"name": "s0", "remote_bdev": "n0", "sync": "incremental",
-               "sync_granularity": 16384}),
+               "sync_granularity": 16384, "peer_dirty_extents": map["extents"]}),
     );
     let st = ok(&h, "bdev_replication_get_status", json!({"name": "s0"}))[0].clone();
     assert_eq!(st["sync"]["state"], "syncing", "{st}");
-    assert_eq!(st["sync"]["dirty_bytes"], 4 * 16384);
+    assert_eq!(st["sync"]["dirty_bytes"], 4 * 16384 + 65536);
     h.run_background();
     let st = ok(&h, "bdev_replication_get_status", json!({"name": "s0"}))[0].clone();
     assert_eq!(st["sync"]["state"], "in_sync", "{st}");
     assert_eq!(
         st["counters"]["sync_bytes"],
-        4 * 16384,
-        "exactly the changed regions"
+        4 * 16384 + 65536,
+        "exactly the changed regions, both sides'"
     );
     // Byte-exact: the former primary's disk is now the promoted SVM's (its 0x22 rolled
     // back, the SVM's writes in).

@@ -19,6 +19,7 @@ pub const GET_STATUS: &str = "bdev_replication_get_status";
 pub const RESYNC: &str = "bdev_replication_resync";
 pub const VERIFY: &str = "bdev_replication_verify";
 pub const REPROTECT: &str = "bdev_replication_reprotect";
+pub const GET_DIRTY_MAP: &str = "bdev_replication_get_dirty_map";
 
 /// Role of a replication bdev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -178,6 +179,9 @@ pub struct ReprotectParams {
     /// `full` (the module's default), `none` or `incremental`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<ReprotectSync>,
+    /// The former primary's dirty map (`[offset, length]` byte extents), with `incremental`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_dirty_extents: Option<Vec<[u64; 2]>>,
 }
 
 /// `bdev_replication_reprotect`'s `sync`.

@@ -77,9 +77,20 @@ pub enum Command {
         /// checkpoint (the new secondary is the former primary's disk)
         #[arg(long)]
         sync: Option<ReprotectSync>,
+        /// With `--sync incremental`: also copy the regions in this file, the former
+        /// primary's `replctl dirty-map` output (what it wrote that may not have reached
+        /// this node)
+        #[arg(long, value_name = "FILE", value_parser = parse_peer_map)]
+        peer_map: Option<PeerMap>,
         /// Wait, showing progress, until the copy has finished
         #[arg(long)]
         wait: bool,
+    },
+    /// Print a primary's dirty map (the regions that may differ on its remote) as JSON,
+    /// for `reprotect --peer-map` on the promoted peer
+    DirtyMap {
+        /// Replication bdev name
+        name: String,
     },
     /// Compare a primary's local and remote disks online; mismatches become dirty
     Verify {
@@ -178,6 +189,26 @@ fn parse_json(s: &str) -> Result<Value, serde_json::Error> {
     serde_json::from_str(s)
 }
 
+/// `[offset, length]` byte extents read from a `replctl dirty-map` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerMap(pub Vec<[u64; 2]>);
+
+/// Reads `path`: the `bdev_replication_get_dirty_map` result (an object with `extents`),
+/// or just its `extents` array.
+fn parse_peer_map(path: &str) -> Result<PeerMap, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    let extents = match v {
+        Value::Object(mut o) => o
+            .remove("extents")
+            .ok_or(format!("{path}: no \"extents\""))?,
+        v => v,
+    };
+    serde_json::from_value(extents)
+        .map(PeerMap)
+        .map_err(|e| format!("{path}: extents: {e}"))
+}
+
 impl Command {
     /// The JSON-RPC request this command sends first.
     pub fn request(&self) -> Result<Request, UsageError> {
@@ -212,6 +243,7 @@ impl Command {
                 name,
                 remote_bdev,
                 sync,
+                peer_map,
                 ..
             } => Request::new(
                 api::REPROTECT,
@@ -219,6 +251,13 @@ impl Command {
                     name: name.clone(),
                     remote_bdev: remote_bdev.clone(),
                     sync: *sync,
+                    peer_dirty_extents: peer_map.as_ref().map(|m| m.0.clone()),
+                },
+            ),
+            Command::DirtyMap { name } => Request::new(
+                api::GET_DIRTY_MAP,
+                &NameParams {
+                    name: Some(name.clone()),
                 },
             ),
             Command::Checkpoint { name } => Request::new(api::CHECKPOINT, &name_params(name)),

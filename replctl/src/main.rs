@@ -89,7 +89,7 @@ fn run(cli: &Cli, request: &Request) -> anyhow::Result<()> {
                 writeln!(out, "{}", report::error_line(r))?;
             }
         }
-        Command::Rpc { .. } => {
+        Command::Rpc { .. } | Command::DirtyMap { .. } => {
             let result: Value = client.call(request)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
         }

@@ -77,7 +77,10 @@ pub const METHODS: &[&str] = &[
 /// Methods [`handle`] answers that a host registers only once it supports them (the SPDK
 /// host registers [`METHODS`] and checks their count; it does not route by role yet, see
 /// [`Host::reprotect_supported`]).
-pub const EXTRA_METHODS: &[&str] = &["bdev_replication_reprotect"];
+pub const EXTRA_METHODS: &[&str] = &[
+    "bdev_replication_reprotect",
+    "bdev_replication_get_dirty_map",
+];
 
 /// Answers one `bdev_replication_*` call.
 pub async fn handle<H: Host>(
@@ -124,6 +127,11 @@ pub async fn handle<H: Host>(
             Ok(Value::Bool(true))
         }
         "bdev_replication_reprotect" => reprotect(host, decode(params)?).await,
+        "bdev_replication_get_dirty_map" => {
+            let p: NameParams = decode(params)?;
+            let node = find(host, &p.name).ok_or_else(|| RpcError::no_such_replica(&p.name))?;
+            node.as_ref().as_ref().dirty_map()
+        }
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!("Method not found: {other}"),
@@ -245,6 +253,7 @@ pub async fn reprotect<H: Host>(host: &H, p: ReprotectParams) -> Result<Value, R
     r.check_reprotect()?;
     host.reprotect_supported(r.name())?;
     let params = r.reprotect_params(&p)?;
+    let peer = r.peer_extents(&p)?;
     if r.params.bdev_names().contains(&p.remote_bdev.as_str()) {
         return Err(RpcError::invalid(
             "remote_bdev",
@@ -255,7 +264,7 @@ pub async fn reprotect<H: Host>(host: &H, p: ReprotectParams) -> Result<Value, R
     // At `done` the overlays are released already (idempotent).
     host.release_overlays(&node);
     let sync = p.sync.unwrap_or(ReprotectSync::Full);
-    let task = match r.reprotect(remote.clone(), params, sync).await {
+    let task = match r.reprotect(remote.clone(), params, sync, &peer).await {
         Ok(t) => t,
         Err(e) => {
             host.release(vec![remote]);

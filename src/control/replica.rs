@@ -300,6 +300,35 @@ impl<D: BlockDevice + Clone> Replica<D> {
         json!({"name": self.name(), "stage": self.stage(), "error": self.error()})
     }
 
+    /// `bdev_replication_get_dirty_map` of a primary: the regions that may differ on its
+    /// remote, as `[offset, length]` byte extents (a snapshot); what a promoted peer's
+    /// `reprotect` takes as `peer_dirty_extents`.
+    pub fn dirty_map(&self) -> Result<Value, RpcError> {
+        let Some(p) = self.primary() else {
+            return Err(RpcError::from_engine(
+                self.name(),
+                ReplicationError::InvalidParam {
+                    param: "get_dirty_map",
+                    reason: "not valid with mode secondary".into(),
+                },
+            ));
+        };
+        let bs = u64::from(p.local().block_size());
+        let extents: Vec<[u64; 2]> = p
+            .dirty()
+            .extents()
+            .into_iter()
+            .map(|(lba, n)| [lba * bs, n * bs])
+            .collect();
+        Ok(json!({
+            "name": self.name(),
+            "block_size": bs,
+            "sync_granularity": p.config().sync_granularity,
+            "dirty_bytes": p.dirty().dirty_bytes(p.local().block_size()),
+            "extents": extents,
+        }))
+    }
+
     /// A `bdev_replication_get_status` entry, also `driver_specific.replication`.
     pub fn status(&self) -> Value {
         let p = self.params();

@@ -43,7 +43,14 @@ pub struct ReprotectParams {
     /// As `bdev_replication_create`'s for a primary; defaults filled in.
     pub remote_timeout_ms: Option<u64>,
     pub sync_granularity: Option<u64>,
+    /// The former primary's part of the map exchange: `[offset, length]` byte extents (its
+    /// `bdev_replication_get_dirty_map`), copied too; only with `sync: "incremental"`.
+    pub peer_dirty_extents: Option<Vec<(u64, u64)>>,
 }
+
+/// How many extents `peer_dirty_extents` may hold (a map of alternating regions of a
+/// 64 GiB disk at 64 KiB is half a million; more is not a dirty map).
+pub const MAX_PEER_EXTENTS: usize = 1 << 20;
 
 impl<D: BlockDevice + Clone> Replica<D> {
     /// Whether this bdev can be reprotected now: a secondary (never reprotected) in `done`.
@@ -83,6 +90,41 @@ impl<D: BlockDevice + Clone> Replica<D> {
         .validated()
     }
 
+    /// `peer_dirty_extents` checked against this bdev's disk, as block extents.
+    pub fn peer_extents(&self, p: &ReprotectParams) -> Result<Vec<(u64, u64)>, RpcError> {
+        let Some(ext) = &p.peer_dirty_extents else {
+            return Ok(Vec::new());
+        };
+        let bad = |reason: String| RpcError::invalid("peer_dirty_extents", reason);
+        if p.sync != Some(ReprotectSync::Incremental) {
+            return Err(bad("only valid with sync \"incremental\"".into()));
+        }
+        if ext.len() > MAX_PEER_EXTENTS {
+            return Err(bad(format!(
+                "{} extents, more than {MAX_PEER_EXTENTS}",
+                ext.len()
+            )));
+        }
+        let Some(sec) = self.secondary() else {
+            return Err(RpcError::from_engine(self.name(), ReplicationError::Io));
+        };
+        let bs = u64::from(sec.base().block_size());
+        let disk = sec.base().num_blocks() * bs;
+        ext.iter()
+            .enumerate()
+            .map(|(i, &(off, len))| {
+                let end = off.checked_add(len).filter(|&e| e <= disk);
+                if len == 0 || off % bs != 0 || len % bs != 0 || end.is_none() {
+                    return Err(bad(format!(
+                        "extent {i} [{off}, {len}]: not a non-empty run of whole {bs}-byte \
+                         blocks inside the {disk}-byte disk"
+                    )));
+                }
+                Ok((off / bs, len / bs))
+            })
+            .collect()
+    }
+
     /// The engine part of a reprotect over the opened, claimed `remote` (`params` from
     /// [`Replica::reprotect_params`]). On error nothing changed (the caller releases
     /// `remote`). On success new I/O routes to the primary, I/O that took the secondary's
@@ -92,6 +134,7 @@ impl<D: BlockDevice + Clone> Replica<D> {
         remote: D,
         params: CreateParams,
         sync: ReprotectSync,
+        peer: &[(u64, u64)],
     ) -> Result<Task, RpcError> {
         let err = |e| RpcError::from_engine(self.name(), e);
         self.check_reprotect()?;
@@ -115,7 +158,7 @@ impl<D: BlockDevice + Clone> Replica<D> {
             ReprotectSync::None => (SyncMode::None, None),
             ReprotectSync::Incremental => (SyncMode::None, Some(sec.changed_since_checkpoint())),
         };
-        let job = primary.start_promoted(mode, changed).map_err(err)?;
+        let job = primary.start_promoted(mode, changed, peer).map_err(err)?;
         // From here on the secondary's late writes mark the primary's map.
         sec.retire(primary.dirty_map()).await.map_err(err)?;
         let promotion = super::reprotect::Promotion {

@@ -147,6 +147,20 @@ impl DirtyMap {
         })
     }
 
+    /// The dirty regions as block extents `(first block, count)`, neighbours merged (the
+    /// form `bdev_replication_get_dirty_map` hands to a peer).
+    pub fn extents(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for r in self.iter() {
+            let (lba, n) = self.extent(r);
+            match out.last_mut() {
+                Some((start, len)) if *start + *len == lba => *len += n,
+                _ => out.push((lba, n)),
+            }
+        }
+        out
+    }
+
     fn word_mask(&self, i: usize) -> u64 {
         let left = self.regions - i as u64 * 64;
         if left >= 64 { !0 } else { (1u64 << left) - 1 }

@@ -425,10 +425,17 @@ impl Host for SpdkHost {
         if node.ingress_retired.swap(true, Ordering::SeqCst) {
             return;
         }
+        // The top now writes the former base and the remote: advertise a cache when either
+        // has one (spec 4), for exports and consumers that look from now on.
+        let legs = node.replica.current_legs();
+        let write_cache = any_write_cache(&legs.iter().collect::<Vec<_>>());
         for b in &node.bdevs {
             // SAFETY: our registered bdevs; `destruct` runs when the ingress is gone.
             unsafe {
                 let ob = &mut *b.get();
+                if ob.kind == Kind::Top {
+                    ob.bdev.write_cache = i32::from(write_cache);
+                }
                 if ob.kind == Kind::Ingress {
                     tracing::info!(
                         ingress = %ob.name.to_string_lossy(),

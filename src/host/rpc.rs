@@ -86,4 +86,5 @@ methods! {
     rpc_resync => "bdev_replication_resync",
     rpc_verify => "bdev_replication_verify",
     rpc_reprotect => "bdev_replication_reprotect",
+    rpc_get_dirty_map => "bdev_replication_get_dirty_map",
 }

@@ -24,7 +24,6 @@ struct NsBackend {
     reactors: Vec<Reactor>,
     block_size: u32,
     num_blocks: u64,
-    vwc: bool,
 }
 
 fn ns_error(e: ExportError) -> NsError {
@@ -43,8 +42,9 @@ impl Backend for NsBackend {
     fn num_blocks(&self) -> u64 {
         self.num_blocks
     }
+    /// Asked at every Identify: a reprotected top's legs change (spec 4: any leg's cache).
     fn volatile_write_cache(&self) -> bool {
-        self.vwc
+        self.exported.write_cache()
     }
     fn submit(&self, op: IoOp, done: IoDone) {
         // One op, or a Deallocate's ranges: no vector for the common single op.
@@ -327,7 +327,6 @@ impl NvmfState {
                 Arc::new(NsBackend {
                     block_size: ns.exported.block_size(),
                     num_blocks: ns.exported.num_blocks(),
-                    vwc: ns.exported.write_cache(),
                     exported: ns.exported.clone(),
                     reactors: self.reactors.clone(),
                 }),

@@ -298,6 +298,73 @@ fn resync_verify_and_start_sync_map_to_their_requests() {
     );
     assert!(Cli::try_parse_from(["replctl", "reprotect", "s0"]).is_err());
     assert_eq!(
+        req(&["dirty-map", "p0"]),
+        (
+            "bdev_replication_get_dirty_map".to_owned(),
+            Some(serde_json::json!({"name": "p0"}))
+        )
+    );
+}
+
+#[test]
+fn reprotect_peer_map_is_read_from_a_dirty_map_file() {
+    let req = |args: &[&str]| {
+        let r = request(args).unwrap();
+        (r.method, r.params)
+    };
+    let dir = std::env::temp_dir().join(format!("replctl-peer-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map = dir.join("a.map");
+    // What `replctl dirty-map` prints on the former primary.
+    std::fs::write(
+        &map,
+        r#"{"name": "p0", "block_size": 4096, "sync_granularity": 65536,
+            "dirty_bytes": 196608, "extents": [[0, 65536], [1048576, 131072]]}"#,
+    )
+    .unwrap();
+    let m = map.to_str().unwrap();
+    assert_eq!(
+        req(&[
+            "reprotect",
+            "s0",
+            "s1n1",
+            "--sync",
+            "incremental",
+            "--peer-map",
+            m
+        ])
+        .1,
+        Some(
+            serde_json::json!({"name": "s0", "remote_bdev": "s1n1", "sync": "incremental",
+                                "peer_dirty_extents": [[0, 65536], [1048576, 131072]]})
+        )
+    );
+    std::fs::write(&map, "[[4096, 4096]]").unwrap();
+    assert_eq!(
+        req(&["reprotect", "s0", "s1n1", "--peer-map", m]).1,
+        Some(serde_json::json!({"name": "s0", "remote_bdev": "s1n1",
+                                "peer_dirty_extents": [[4096, 4096]]}))
+    );
+    for bad in [r#"{"extents": [[1]]}"#, r#"{"name": "p0"}"#, "not json"] {
+        std::fs::write(&map, bad).unwrap();
+        let e = Cli::try_parse_from(["replctl", "reprotect", "s0", "s1n1", "--peer-map", m])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--peer-map") && e.contains("a.map"), "{e}");
+    }
+    let e = Cli::try_parse_from([
+        "replctl",
+        "reprotect",
+        "s0",
+        "s1n1",
+        "--peer-map",
+        "/nonexistent/x",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cannot read /nonexistent/x"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
         req(&["start", "p0", "--sync", "full"]),
         (
             "bdev_replication_start".to_owned(),

@@ -367,14 +367,15 @@ impl<D: BlockDevice + Clone> Primary<D> {
 
     /// `bdev_replication_reprotect`'s start of a fresh primary built over a promoted
     /// secondary's base (stage `none`): `Full` marks every region; `None` keeps the map
-    /// clean, except
-    /// with `changed` (incremental): the regions of that map (over the same blocks: the
-    /// promoted secondary's changes since the last checkpoint) are marked. A sync begins
+    /// clean, except with `changed` (incremental): the regions of that map (over the same
+    /// blocks: the promoted secondary's changes since the last checkpoint) are marked, and
+    /// the block extents `peer` (the former primary's dirty map). A sync begins
     /// when anything is dirty (`Ok(true)`: the caller runs [`Primary::run_job`]).
     pub fn start_promoted(
         &self,
         sync: SyncMode,
         changed: Option<&DirtyMap>,
+        peer: &[(u64, u64)],
     ) -> Result<bool, ReplicationError> {
         if self.stage() != Stage::None {
             return Err(ReplicationError::RunningOrDone);
@@ -384,6 +385,11 @@ impl<D: BlockDevice + Clone> Primary<D> {
         } else if let Some(map) = changed {
             for r in map.iter() {
                 let (lba, n) = map.extent(r);
+                self.dirty.mark_range(lba, n);
+            }
+        }
+        if sync != SyncMode::Full {
+            for &(lba, n) in peer {
                 self.dirty.mark_range(lba, n);
             }
         }
