@@ -490,3 +490,53 @@ fn promoted_clean(h: &RamHost) -> std::sync::Arc<spdk_replication::control::Repl
     h.run_background();
     find(h, "s1").unwrap()
 }
+
+#[test]
+fn a_delete_racing_a_reprotect_waits_for_it_and_releases_the_remote_leg() {
+    use spdk_replication::control::handle;
+    use spdk_replication::engine::testing::OpKind;
+    let h = host();
+    let node = promoted(&h, 0);
+    let sec = node.secondary().unwrap();
+    // A top write in flight on the base: the reprotect waits for it to drain, holding
+    // its claim on n0.
+    let latch = h.disk("b0").unwrap().hold(&[OpKind::Write], None, Some(1));
+    let mut w = Box::pin(sec.top_write(0, buf(1, 0x77)));
+    assert!(poll_once(w.as_mut()).is_pending());
+    assert_eq!(latch.arrived(), 1);
+    let rp = json!({"name": "s0", "remote_bdev": "n0", "sync": "none"});
+    let mut reprotect = Box::pin(handle(&h, "bdev_replication_reprotect", Some(rp.clone())));
+    assert!(poll_once(reprotect.as_mut()).is_pending());
+    assert!(h.claimed().contains(&"n0".to_owned()));
+    assert_eq!(
+        h.call("bdev_replication_reprotect", rp)
+            .unwrap_err()
+            .message,
+        "s0: reprotect: not valid with mode primary (already reprotected)",
+        "a second reprotect is refused while the first drains"
+    );
+    let mut delete = Box::pin(handle(
+        &h,
+        "bdev_replication_delete",
+        Some(json!({"name": "s0"})),
+    ));
+    for _ in 0..10 {
+        assert!(
+            poll_once(delete.as_mut()).is_pending(),
+            "the delete waits for the reprotect"
+        );
+    }
+    latch.open();
+    assert_eq!(run(w), Ok(()));
+    assert_eq!(run(reprotect), Ok(json!(true)));
+    assert_eq!(run(delete), Ok(json!(true)));
+    h.run_background();
+    assert!(find(&h, "s0").is_none());
+    let claimed = h.claimed();
+    for leg in ["b0", "h0", "a0", "n0"] {
+        assert!(
+            !claimed.contains(&leg.to_owned()),
+            "{leg} released: {claimed:?}"
+        );
+    }
+}

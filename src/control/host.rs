@@ -9,10 +9,11 @@ use super::params::{
 };
 use super::replica::{Control, Replica, Task};
 use super::reprotect::{ReprotectParams, ReprotectSync};
-use crate::engine::BlockDevice;
+use crate::engine::{BlockDevice, ReplicationError};
 use futures::future::LocalBoxFuture;
 use serde_json::Value;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 /// How often a delete re-checks a running merge.
@@ -215,7 +216,7 @@ pub async fn delete<H: Host>(host: &H, p: DeleteParams) -> Result<Value, RpcErro
     let node = find(host, &p.name).ok_or_else(|| RpcError::no_such_replica(&p.name))?;
     let r = node.as_ref().as_ref();
     r.check_delete(p.force)?;
-    while r.is_merging() {
+    while r.is_merging() || r.is_reprotecting() {
         host.sleep(DELETE_MERGE_POLL).await;
     }
     // The merge may have failed meanwhile.
@@ -260,7 +261,29 @@ pub async fn reprotect<H: Host>(host: &H, p: ReprotectParams) -> Result<Value, R
             format!("bdev {} is the replication bdev itself", p.remote_bdev),
         ));
     }
+    if r.reprotecting
+        .compare_exchange(false, true, SeqCst, SeqCst)
+        .is_err()
+    {
+        return Err(RpcError::from_engine(
+            r.name(),
+            ReplicationError::Busy("a reprotect is already running".into()),
+        ));
+    }
+    // Cleared on every way out: a delete waits while it is set.
+    struct Reprotecting<'a>(&'a AtomicBool);
+    impl Drop for Reprotecting<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, SeqCst);
+        }
+    }
+    let _busy = Reprotecting(&r.reprotecting);
     let remote = host.open_claim("remote_bdev", &p.remote_bdev)?;
+    if !find(host, &p.name).is_some_and(|n| Arc::ptr_eq(&n, &node)) {
+        // Deleted since the lookup (a delete that began before this reprotect).
+        host.release(vec![remote]);
+        return Err(RpcError::no_such_replica(&p.name));
+    }
     // At `done` the overlays are released already (idempotent).
     host.release_overlays(&node);
     let sync = p.sync.unwrap_or(ReprotectSync::Full);
@@ -273,7 +296,7 @@ pub async fn reprotect<H: Host>(host: &H, p: ReprotectParams) -> Result<Value, R
     };
     host.retire_ingress(&node);
     if task == Task::Job {
-        host.spawn_sync(node);
+        host.spawn_sync(node.clone());
     }
     Ok(Value::Bool(true))
 }

@@ -45,6 +45,9 @@ pub struct Replica<D: BlockDevice> {
     pub legs: Vec<D>,
     /// Set once by `bdev_replication_reprotect` (`reprotect.rs`).
     pub(super) promoted: OnceLock<super::reprotect::Promotion<D>>,
+    /// A reprotect holds a claim on its remote leg that the promotion does not own yet: a
+    /// delete waits for it (else the claim would outlive the bdev).
+    pub(super) reprotecting: std::sync::atomic::AtomicBool,
 }
 
 impl<D: BlockDevice> AsRef<Replica<D>> for Replica<D> {
@@ -95,6 +98,7 @@ impl<D: BlockDevice + Clone> Replica<D> {
             role,
             legs,
             promoted: OnceLock::new(),
+            reprotecting: Default::default(),
         })
     }
 
@@ -282,6 +286,11 @@ impl<D: BlockDevice + Clone> Replica<D> {
 
     pub fn is_merging(&self) -> bool {
         self.secondary().is_some_and(|s| s.is_merging())
+    }
+
+    /// A `bdev_replication_reprotect` is between claiming its remote leg and its end.
+    pub fn is_reprotecting(&self) -> bool {
+        self.reprotecting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn error(&self) -> Value {
