@@ -18,14 +18,10 @@
 
 mod common;
 
-use common::{BS, export, free_port, median_spread, nvmf_run, ok, rounds};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use common::{BS, export, free_port, median_spread, nvmf_run, ok, raw_copy, rounds};
 use serde_json::{Value, json};
-use spdk_replication::engine::BlockDevice;
 use spdk_replication::native::app::NativeNode;
-use spdk_replication::native::bdev::Dev;
-use spdk_replication::native::node::{BlockOp, Exported};
+use spdk_replication::native::node::BlockOp;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -71,39 +67,6 @@ fn wait_in_sync(n: &NativeNode) {
             _ => panic!("sync stopped: {st}"),
         }
     }
-}
-
-/// A plain copy of the first `blocks` blocks of `from` to `to` on the app reactor, with
-/// the sync's region size and depth. Seconds taken.
-fn raw_copy(n: &NativeNode, from: &str, to: &str, blocks: u64) -> f64 {
-    let (from, to) = (from.to_owned(), to.to_owned());
-    n.with_app(move |app| async move {
-        let dev = |name: &str| match app.exported(name) {
-            Some(Exported::Dev(d)) => d,
-            _ => panic!("{name}: not a plain bdev"),
-        };
-        let (src, dst): (Dev, Dev) = (dev(&from), dev(&to));
-        let per = REGION / BS;
-        let t = Instant::now();
-        let mut next = 0;
-        let mut inflight = FuturesUnordered::new();
-        loop {
-            while inflight.len() < DEPTH && next < blocks {
-                let (src, dst, lba) = (src.clone(), dst.clone(), next);
-                next += per;
-                inflight.push(async move {
-                    let buf = src.alloc_buf(REGION as usize).expect("buffer");
-                    src.read(lba, buf.clone()).await.expect("read");
-                    dst.write(lba, buf).await.expect("write");
-                });
-            }
-            if inflight.next().await.is_none() {
-                break;
-            }
-        }
-        t.elapsed().as_secs_f64()
-    })
-    .expect("app")
 }
 
 /// One 4 KiB write of `byte` at `lba` through the primary (on its reactor).
@@ -174,7 +137,7 @@ fn main() {
         }
     });
     assert!(filled.is_some());
-    raw_copy(&pri, "local", "EE_svm0n1", blocks);
+    raw_copy(&pri, "local", "EE_svm0n1", 0..blocks, REGION, DEPTH);
     let bytes = (blocks * BS) as f64;
     let mibps = |s: f64| bytes / s / (1024.0 * 1024.0);
 
@@ -187,7 +150,7 @@ fn main() {
     );
     let (mut ratios, mut figs) = (Vec::new(), Vec::new());
     for _ in 0..rounds() {
-        let raw = raw_copy(&pri, "local", "EE_svm0n1", blocks);
+        let raw = raw_copy(&pri, "local", "EE_svm0n1", 0..blocks, REGION, DEPTH);
         let b0 = sync_bytes(&pri);
         let t = Instant::now();
         ok(

@@ -194,3 +194,37 @@ fn failover_waits_for_in_flight_ingress_write() {
     // The copied cluster is rolled back to the checkpoint state.
     assert_runs(&n.base_bytes(C64K, 512), &[(512, 0x11)]);
 }
+
+#[test]
+fn the_merge_keeps_several_clusters_in_flight_and_an_svm_write_waits_for_its_own() {
+    let n = started();
+    // 40 clusters of SVM data (64 KiB each): the merge issues 1 MiB, 16 clusters, at once.
+    n.top_write(0, 40 * C64K, 0x33).unwrap();
+    block_on(n.sec.stop(true)).unwrap();
+    let held = n.base.hold(&[OpKind::Write], None, None);
+    let mut merge = pin!(n.sec.run_merge());
+    assert!(poll_once(merge.as_mut()).is_pending());
+    assert_eq!(held.arrived(), 16, "clusters in flight");
+    // An SVM write to a cluster being merged waits for that merge.
+    let mut w = pin!(n.sec.top_write(lba(3 * C64K), pattern(512, 0x44)));
+    assert!(poll_once(w.as_mut()).is_pending());
+    held.open();
+    let mut end = None;
+    if let Poll::Ready(v) = poll_once(merge.as_mut()) {
+        end = Some(v);
+    }
+    assert_eq!(poll_once(w.as_mut()), Poll::Ready(Ok(())));
+    let end = end.unwrap_or_else(|| block_on(merge));
+    assert_eq!(end, Ok(MergeStep::Done));
+    assert_eq!(n.sec.stage(), Stage::Done);
+    assert_eq!(n.sec.counters().merged_clusters, 40);
+    assert_runs(
+        &n.base_bytes(0, 41 * C64K),
+        &[
+            (3 * C64K, 0x33),
+            (512, 0x44),
+            (37 * C64K - 512, 0x33),
+            (C64K, 0x11),
+        ],
+    );
+}

@@ -1,10 +1,15 @@
 //! Helpers shared by the native benchmarks (`native.rs`, `sync.rs`).
 #![allow(dead_code)]
 
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use nvmf::driver::{ConnectOptions, Controller};
 use serde_json::{Value, json};
+use spdk_replication::engine::BlockDevice;
 use spdk_replication::native::app::NativeNode;
+use spdk_replication::native::bdev::Dev;
+use spdk_replication::native::node::Exported;
 use std::time::{Duration, Instant};
 
 pub const BS: u64 = 4096;
@@ -110,4 +115,45 @@ pub fn nvmf_run(
     let el = t.elapsed().as_secs_f64();
     let ios: u64 = counts.iter().sum();
     (ios as f64 / el, el * 1e6 * qd as f64 / ios as f64)
+}
+
+/// A plain copy of blocks `range` of bdev `from` to `to` on the app reactor, `region`
+/// bytes per request, `depth` in flight: what a sync or merge is measured against.
+/// Seconds taken.
+pub fn raw_copy(
+    n: &NativeNode,
+    from: &str,
+    to: &str,
+    range: std::ops::Range<u64>,
+    region: u64,
+    depth: usize,
+) -> f64 {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    n.with_app(move |app| async move {
+        let dev = |name: &str| match app.exported(name) {
+            Some(Exported::Dev(d)) => d,
+            _ => panic!("{name}: not a plain bdev"),
+        };
+        let (src, dst): (Dev, Dev) = (dev(&from), dev(&to));
+        let per = region / BS;
+        let t = Instant::now();
+        let mut next = range.start;
+        let mut inflight = FuturesUnordered::new();
+        loop {
+            while inflight.len() < depth && next < range.end {
+                let (src, dst, lba) = (src.clone(), dst.clone(), next);
+                next += per;
+                inflight.push(async move {
+                    let buf = src.alloc_buf(region as usize).expect("buffer");
+                    src.read(lba, buf.clone()).await.expect("read");
+                    dst.write(lba, buf).await.expect("write");
+                });
+            }
+            if inflight.next().await.is_none() {
+                break;
+            }
+        }
+        t.elapsed().as_secs_f64()
+    })
+    .expect("app")
 }

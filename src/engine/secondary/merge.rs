@@ -1,11 +1,13 @@
 //! The failover merge (spec 5.5): every cluster with overlay data is written into the base
-//! (active wins over hidden), one cluster at a time under its cluster lock, while the SVM
-//! keeps running; then the top switches to the base.
+//! (active wins over hidden), several clusters in flight, each under its cluster lock,
+//! while the SVM keeps running; then the top switches to the base.
 
 use super::Secondary;
 use crate::engine::alloc_map::AllocState;
 use crate::engine::device::{BlockDevice, IoBuf, IoError};
 use crate::engine::{MergeStep, ReplicationError, Stage};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 
 impl<D: BlockDevice> Secondary<D> {
@@ -38,11 +40,32 @@ impl<D: BlockDevice> Secondary<D> {
         }
     }
 
+    /// [`Secondary::next_overlay_cluster`] for a merge's forward walk. During failover
+    /// nothing new is allocated in the overlays, so each map's last answer stays good for
+    /// later `from`s up to it (a cluster merged meanwhile by an SVM write is found empty
+    /// under its lock): each map is scanned once per merge rather than once per cluster.
+    fn next_overlay_cluster_walk(&self, from: u64, walk: &mut OverlayWalk) -> Option<u64> {
+        let cb = self.geo.cluster_blocks;
+        let h = walk
+            .hidden
+            .next(from, |f| self.hidden_map.next_allocated(f));
+        let a = walk.active.next(from, |f| {
+            self.active_map
+                .next_allocated(f.saturating_mul(cb).min(self.geo.num_blocks))
+                .map(|b| b / cb)
+        });
+        match (h, a) {
+            (Some(h), Some(a)) => Some(h.min(a)),
+            (x, None) | (None, x) => x,
+        }
+    }
+
     /// Bytes of the clusters that hold overlay data (what a merge has to copy).
     pub(super) fn overlay_bytes(&self) -> u64 {
         let mut total = 0;
         let mut c = 0;
-        while let Some(next) = self.next_overlay_cluster(c) {
+        let mut walk = OverlayWalk::default();
+        while let Some(next) = self.next_overlay_cluster_walk(c, &mut walk) {
             total += self.geo.bytes(self.geo.cluster_extent(next).1);
             c = next + 1;
         }
@@ -102,12 +125,73 @@ impl<D: BlockDevice> Secondary<D> {
             }
         }
         let _running = Running(&self.merge_running);
+        // Several clusters in flight, each under its cluster lock (one at a time left the
+        // devices idle between requests). The cursor moves on as clusters are issued; a
+        // cluster left behind (out of buffers) is found again by `finish_merge`'s rewind.
+        let depth = self.merge_depth();
+        let mut inflight = FuturesUnordered::new();
+        let mut stop = None;
+        let mut walk = OverlayWalk::default();
         loop {
-            match self.merge_step().await? {
-                step @ (MergeStep::Progress | MergeStep::Backoff) => between(step).await,
-                end => return Ok(end),
+            while stop.is_none() && inflight.len() < depth {
+                if self.stage() != Stage::Failover {
+                    stop = Some(Ok(MergeStep::Idle));
+                    break;
+                }
+                let cursor = self.merge_cursor.load(SeqCst);
+                let Some(c) = self.next_overlay_cluster_walk(cursor, &mut walk) else {
+                    break;
+                };
+                self.merge_cursor.fetch_max(c + 1, SeqCst);
+                inflight.push(self.merge_one(c));
+            }
+            match inflight.next().await {
+                Some(Ok(MergeStep::Idle)) => {
+                    stop.get_or_insert(Ok(MergeStep::Idle));
+                }
+                Some(Ok(step)) => between(step).await,
+                Some(Err(e)) => {
+                    stop.get_or_insert(Err(e));
+                }
+                None => match stop {
+                    Some(end) => return end,
+                    None => match self.finish_merge().await? {
+                        MergeStep::Progress => {
+                            // Rewound to a cluster left behind: scan afresh.
+                            walk = OverlayWalk::default();
+                            continue;
+                        }
+                        end => return Ok(end),
+                    },
+                },
             }
         }
+    }
+
+    /// Clusters a merge keeps in flight: about 1 MiB, from 2 to 32.
+    fn merge_depth(&self) -> usize {
+        let cluster = self.geo.bytes(self.geo.cluster_blocks);
+        ((1u64 << 20) / cluster.max(1)).clamp(2, 32) as usize
+    }
+
+    /// One cluster of the merge under its lock: `Backoff` when out of buffers (the cursor
+    /// goes back to it).
+    async fn merge_one(&self, c: u64) -> Result<MergeStep, ReplicationError> {
+        let _c = self.clusters.lock(c).await;
+        if self.stage() != Stage::Failover {
+            return Ok(MergeStep::Idle);
+        }
+        if self.cluster_has_overlay(c) {
+            match self.merge_cluster_or_fail(c).await {
+                Ok(()) => {}
+                Err(IoError::NoMem) => {
+                    self.merge_cursor.fetch_min(c, SeqCst);
+                    return Ok(MergeStep::Backoff);
+                }
+                Err(_) => return Err(ReplicationError::Io),
+            }
+        }
+        Ok(MergeStep::Progress)
     }
 
     /// [`Secondary::run_merge_with`] without pauses (tests and simple hosts).
@@ -205,4 +289,29 @@ impl<D: BlockDevice> Secondary<D> {
         self.counters.merged_clusters.fetch_add(1, Relaxed);
         Ok(())
     }
+}
+
+/// The last answer of one overlay map's "next allocated cluster from `from`" query.
+#[derive(Default)]
+struct MapWalk {
+    last: Option<(u64, Option<u64>)>,
+}
+
+impl MapWalk {
+    fn next(&mut self, from: u64, scan: impl FnOnce(u64) -> Option<u64>) -> Option<u64> {
+        match self.last {
+            Some((f, None)) if from >= f => return None,
+            Some((f, Some(x))) if from >= f && from <= x => return Some(x),
+            _ => {}
+        }
+        let r = scan(from);
+        self.last = Some((from, r));
+        r
+    }
+}
+
+#[derive(Default)]
+struct OverlayWalk {
+    hidden: MapWalk,
+    active: MapWalk,
 }
