@@ -315,3 +315,35 @@ struct OverlayWalk {
     hidden: MapWalk,
     active: MapWalk,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MapWalk;
+    use std::cell::Cell;
+
+    /// A forward walk gives the direct scan's answers and scans once per answer (plus the
+    /// last, empty one), not once per position asked.
+    #[test]
+    fn a_forward_walk_scans_once_per_allocated_cluster() {
+        let allocated = [3u64, 4, 90, 1000, 1001, 5000];
+        let direct = |from: u64| allocated.iter().copied().find(|&c| c >= from);
+        let scans = Cell::new(0);
+        let mut walk = MapWalk::default();
+        let mut got = Vec::new();
+        // Asked at every position, as a merge asks at every cursor step.
+        for from in 0..6000 {
+            let r = walk.next(from, |f| {
+                scans.set(scans.get() + 1);
+                direct(f)
+            });
+            assert_eq!(r, direct(from), "from {from}");
+            if r == Some(from) {
+                got.push(from);
+            }
+        }
+        assert_eq!(got, allocated);
+        assert_eq!(scans.get(), allocated.len() + 1);
+        // Going back (a rewind) scans again.
+        assert_eq!(walk.next(0, direct), Some(3));
+    }
+}
