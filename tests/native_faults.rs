@@ -189,7 +189,7 @@ fn delete_during_a_slow_merge_waits_for_it() {
         "bdev_delay_create",
         json!({"base_bdev_name": "base", "name": "slow",
         "avg_read_latency": 0, "p99_read_latency": 0,
-        "avg_write_latency": 20000, "p99_write_latency": 20000}),
+        "avg_write_latency": 200000, "p99_write_latency": 200000}),
     );
     let (_ing, top) = secondary(&n, "slow", "hidden", "active", ports());
     n.ok(
@@ -197,7 +197,8 @@ fn delete_during_a_slow_merge_waits_for_it() {
         json!({"name": "svm0", "mode": "secondary"}),
     );
     let t = top.connect();
-    // 16 clusters apart from each other: 16 merge writes of 20 ms each.
+    // 16 clusters apart from each other: 16 merge writes of 200 ms each (in flight
+    // together: the merge takes about 200 ms).
     for c in 0..16u64 {
         t.blocking()
             .write(1, c * 8, fill(CLUSTER, 0x40 + c as u8))

@@ -453,8 +453,8 @@ fn top_exports_as_vhost_blk() {
 }
 
 /// Spec 5.5: deleting the bdev while the merge runs waits for the merge; the base is never
-/// left half-merged. The base is a `bdev_delay` with 20 ms writes, so the merge of 32
-/// clusters is still running when the delete arrives.
+/// left half-merged. The base is a `bdev_delay` with 200 ms writes, so the merge of 32
+/// clusters (16 in flight) is still running when the delete arrives.
 #[test]
 fn delete_during_merge_waits_for_it() {
     let Some(env) = env("delete_during_merge_waits_for_it") else {
@@ -464,7 +464,7 @@ fn delete_during_merge_waits_for_it() {
     for n in ["m0", "h0", "a0"] {
         malloc(&app, n, 4096, 4096);
     }
-    app.ok("bdev_delay_create", json!({"base_bdev_name": "m0", "name": "slow0", "avg_read_latency": 0, "p99_read_latency": 0, "avg_write_latency": 20000, "p99_write_latency": 20000}));
+    app.ok("bdev_delay_create", json!({"base_bdev_name": "m0", "name": "slow0", "avg_read_latency": 0, "p99_read_latency": 0, "avg_write_latency": 200000, "p99_write_latency": 200000}));
     app.ok("bdev_replication_create", json!({"name": "s0", "mode": "secondary", "base_bdev": "slow0", "hidden_bdev": "h0", "active_bdev": "a0", "cow_granularity": 65536}));
     let port = ports();
     let export = |nqn: &str, bdev: &str| {
