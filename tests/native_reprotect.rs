@@ -478,6 +478,19 @@ fn incremental_reprotect_onto_the_former_primarys_disk_copies_only_the_changes()
     );
     let map: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(map["extents"], json!([[8000 * BS, 32 * BS]]), "{map}");
+    if has_spdk_rpc() {
+        // SPDK's own client (with the project's plugin) sees the same map.
+        let out = a
+            .spdk_rpc(&["bdev_replication_get_dirty_map", "-b", "pvm0"])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let via_spdk: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(via_spdk, map);
+    }
     let map_file = tmp.path().join("a.map");
     std::fs::write(&map_file, &out.stdout).unwrap();
     drop(c);

@@ -356,11 +356,25 @@ fn verify_and_repair(host: Host) {
     assert_eq!(st["state"], "out_of_sync", "{st}");
     assert_eq!(st["dirty_bytes"], REGION, "{st}");
 
-    s.pri.ok("bdev_replication_resync", json!({"name": "pvm0"}));
+    // Through SPDK's own client with the project's plugin where it is installed.
+    let call = |method: &str| {
+        if has_spdk_rpc() {
+            let out = s.pri.spdk_rpc(&[method, "-b", "pvm0"]).unwrap();
+            assert!(
+                out.status.success(),
+                "{method}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "true");
+        } else {
+            s.pri.ok(method, json!({"name": "pvm0"}));
+        }
+    };
+    call("bdev_replication_resync");
     let st = wait_state(&s.pri, "in_sync");
     assert_eq!(st["done_bytes"], REGION, "{st}");
     assert_disks_equal(&s, "after resync repaired the corruption");
-    s.pri.ok("bdev_replication_verify", json!({"name": "pvm0"}));
+    call("bdev_replication_verify");
     let st = wait_state(&s.pri, "in_sync");
     assert_eq!(st["mismatches"], 0, "{st}");
 }

@@ -82,3 +82,24 @@ def spdk_rpc_plugin_initialize(subparsers):
         p = subparsers.add_parser(method, help=help_text)
         p.add_argument("-b", "--name")
         p.set_defaults(func=show)
+
+    # The protection lifecycle (docs/protection.md).
+    def resync(args):
+        _print(args.client.call("bdev_replication_resync",
+                                {"name": args.name, "full": args.full}))
+
+    p = subparsers.add_parser("bdev_replication_resync",
+                              help="Re-arm a broken link and copy the dirty regions")
+    p.add_argument("-b", "--name", required=True)
+    p.add_argument("--full", action="store_true", help="copy every region")
+    p.set_defaults(func=resync)
+
+    def name_only(args):
+        _print(args.client.call(args.method, {"name": args.name}))
+
+    for method, help_text in (("bdev_replication_verify", "Compare both legs online"),
+                              ("bdev_replication_get_dirty_map",
+                               "A primary's dirty regions as [offset, length] extents")):
+        p = subparsers.add_parser(method, help=help_text)
+        p.add_argument("-b", "--name", required=True)
+        p.set_defaults(func=name_only, method=method)
