@@ -14,7 +14,6 @@
 mod common;
 
 use common::{BS, export, free_port, ok};
-use nvmf::driver::{ConnectOptions, Controller};
 use serde_json::json;
 use spdk_replication::native::app::NativeNode;
 use std::sync::Mutex;
@@ -40,16 +39,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// QD32 4 KiB random writes on `nqn` until `stop`; every write's latency in µs.
 fn load(port: u16, nqn: &str, seed: u64, stop: &AtomicBool, lat: &Mutex<Vec<f64>>) {
-    let c = Controller::connect(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        nqn,
-        "nqn.2014-08.org.nvmexpress:uuid:bench",
-        ConnectOptions {
-            queue_size: 128,
-            ..ConnectOptions::default()
-        },
-    )
-    .expect("connect");
+    let c = common::connect(port, nqn);
     let c = &c;
     let all =
         futures::executor::block_on(futures::future::join_all((0..32u64).map(|q| async move {
@@ -103,43 +93,17 @@ fn run(
 fn main() {
     let secs = env_f64("BENCH_SECS", 5.0);
     let period = Duration::from_secs_f64(env_f64("CKPT_MS", 10.0) / 1000.0);
-    let sec = NativeNode::start(&[0], ".".into()).unwrap();
-    let pri = NativeNode::start(&[1], ".".into()).unwrap();
-    for b in ["base", "hidden", "active"] {
-        ok(
-            &sec,
-            "bdev_malloc_create",
-            json!({"name": b, "num_blocks": BLOCKS, "block_size": BS}),
-        );
-    }
-    ok(
-        &sec,
-        "bdev_replication_create",
-        json!({"name": "svm0", "mode": "secondary", "base_bdev": "base",
-               "hidden_bdev": "hidden", "active_bdev": "active"}),
-    );
-    ok(&sec, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    let sec = common::secondary_node(0, BLOCKS);
     let (ing_p, top_p, pri_p) = (free_port(), free_port(), free_port());
     export(&sec, ING_NQN, "svm0_ingress", ing_p);
     export(&sec, TOP_NQN, "svm0", top_p);
-    ok(
-        &pri,
-        "bdev_malloc_create",
-        json!({"name": "local", "num_blocks": BLOCKS, "block_size": BS}),
-    );
-    ok(
-        &pri,
-        "bdev_nvme_attach_controller",
-        json!({"name": "svm0", "trtype": "TCP", "traddr": "127.0.0.1",
-               "trsvcid": ing_p.to_string(), "subnqn": ING_NQN}),
-    );
+    let pri = common::primary_node(1, BLOCKS, ing_p, ING_NQN);
     ok(
         &pri,
         "bdev_replication_create",
         json!({"name": "pvm0", "mode": "primary", "local_bdev": "local",
                "remote_bdev": "svm0n1"}),
     );
-    ok(&pri, "nvmf_create_transport", json!({"trtype": "TCP"}));
     export(&pri, PRI_NQN, "pvm0", pri_p);
     ok(
         &sec,

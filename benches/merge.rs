@@ -14,9 +14,8 @@
 
 mod common;
 
-use common::{BS, export, free_port, median_spread, ok, raw_copy, rounds};
-use nvmf::driver::{ConnectOptions, Controller};
-use serde_json::{Value, json};
+use common::{BS, export, free_port, median_spread, ok, raw_copy, rounds, status};
+use serde_json::json;
 use spdk_replication::native::app::NativeNode;
 use spdk_replication::native::node::BlockOp;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,13 +31,6 @@ fn mib() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024)
-}
-
-fn status(n: &NativeNode) -> Value {
-    match ok(n, "bdev_replication_get_status", json!({"name": "svm0"})) {
-        Value::Array(mut v) if !v.is_empty() => v.swap_remove(0),
-        v => v,
-    }
 }
 
 /// Writes `byte` over blocks `range` of `bdev` in 1 MiB requests, on the app reactor.
@@ -72,7 +64,7 @@ fn armed(n: &NativeNode, blocks: u64, dev: &dyn Fn(&str) -> String) {
     );
     fill(n, "svm0_ingress", 0..blocks / 2, 0x22);
     fill(n, "svm0", blocks / 2..blocks, 0x33);
-    let st = status(n);
+    let st = status(n, "svm0");
     assert_eq!(
         st["allocated"]["hidden_clusters"].as_u64().unwrap() * CLUSTER / BS
             + st["allocated"]["active_blocks"].as_u64().unwrap(),
@@ -90,7 +82,7 @@ fn merge(n: &NativeNode) -> f64 {
         json!({"name": "svm0", "failover": true}),
     );
     loop {
-        let st = status(n);
+        let st = status(n, "svm0");
         match st["stage"].as_str() {
             Some("done") => return t.elapsed().as_secs_f64(),
             Some("failover") => std::thread::sleep(Duration::from_millis(2)),
@@ -101,16 +93,7 @@ fn merge(n: &NativeNode) -> f64 {
 
 /// 4 KiB random writes at QD32 on the top until `stop`: IOPS.
 fn svm_load(port: u16, blocks: u64, stop: &AtomicBool) -> f64 {
-    let c = Controller::connect(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        TOP_NQN,
-        "nqn.2014-08.org.nvmexpress:uuid:bench",
-        ConnectOptions {
-            queue_size: 128,
-            ..ConnectOptions::default()
-        },
-    )
-    .expect("connect");
+    let c = common::connect(port, TOP_NQN);
     let t = Instant::now();
     let c = &c;
     let counts =

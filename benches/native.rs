@@ -48,22 +48,12 @@ fn bdev_iops(n: &NativeNode, name: &str, write: bool, d: Duration) -> f64 {
 
 fn main() {
     let d = Duration::from_secs_f64(secs());
-    let sec = NativeNode::start(&[0], ".".into()).unwrap();
-    let pri = NativeNode::start(&[1], ".".into()).unwrap();
-    for b in ["ram", "base", "hidden", "active"] {
-        ok(
-            &sec,
-            "bdev_malloc_create",
-            json!({"name": b, "num_blocks": BLOCKS, "block_size": BS}),
-        );
-    }
+    let sec = common::secondary_node(0, BLOCKS);
     ok(
         &sec,
-        "bdev_replication_create",
-        json!({"name": "svm0", "mode": "secondary",
-        "base_bdev": "base", "hidden_bdev": "hidden", "active_bdev": "active"}),
+        "bdev_malloc_create",
+        json!({"name": "ram", "num_blocks": BLOCKS, "block_size": BS}),
     );
-    ok(&sec, "nvmf_create_transport", json!({"trtype": "TCP"}));
     let (ram_p, ing_p, top_p, pri_p, pram_p) = (
         free_port(),
         free_port(),
@@ -79,19 +69,11 @@ fn main() {
         ing_p,
     );
     export(&sec, "nqn.2016-06.io.spdk:svm0", "svm0", top_p);
-    for b in ["pram", "local"] {
-        ok(
-            &pri,
-            "bdev_malloc_create",
-            json!({"name": b, "num_blocks": BLOCKS, "block_size": BS}),
-        );
-    }
+    let pri = common::primary_node(1, BLOCKS, ing_p, "nqn.2016-06.io.spdk:svm0-ingress");
     ok(
         &pri,
-        "bdev_nvme_attach_controller",
-        json!({"name": "svm0", "trtype": "TCP",
-        "traddr": "127.0.0.1", "trsvcid": ing_p.to_string(),
-        "subnqn": "nqn.2016-06.io.spdk:svm0-ingress"}),
+        "bdev_malloc_create",
+        json!({"name": "pram", "num_blocks": BLOCKS, "block_size": BS}),
     );
     ok(
         &pri,
@@ -99,7 +81,6 @@ fn main() {
         json!({"name": "pvm0", "mode": "primary",
         "local_bdev": "local", "remote_bdev": "svm0n1"}),
     );
-    ok(&pri, "nvmf_create_transport", json!({"trtype": "TCP"}));
     export(&pri, "nqn.2016-06.io.spdk:pvm0", "pvm0", pri_p);
     export(&pri, "nqn.2016-06.io.spdk:pram", "pram", pram_p);
     ok(

@@ -18,8 +18,8 @@
 
 mod common;
 
-use common::{BS, export, free_port, median_spread, nvmf_run, ok, raw_copy, rounds};
-use serde_json::{Value, json};
+use common::{BS, export, free_port, median_spread, nvmf_run, ok, raw_copy, rounds, status};
+use serde_json::json;
 use spdk_replication::native::app::NativeNode;
 use spdk_replication::native::node::BlockOp;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,22 +45,16 @@ fn bench_secs() -> f64 {
         .unwrap_or(2.0)
 }
 
-fn status(n: &NativeNode) -> Value {
-    let st = ok(n, "bdev_replication_get_status", json!({"name": "pvm0"}));
-    match st {
-        Value::Array(mut v) if !v.is_empty() => v.swap_remove(0),
-        v => v,
-    }
-}
-
 fn sync_bytes(n: &NativeNode) -> u64 {
-    status(n)["counters"]["sync_bytes"].as_u64().unwrap_or(0)
+    status(n, "pvm0")["counters"]["sync_bytes"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Polls until the sync ends; panics if it stopped short of `in_sync`.
 fn wait_in_sync(n: &NativeNode) {
     loop {
-        let st = status(n);
+        let st = status(n, "pvm0");
         match st["sync"]["state"].as_str() {
             Some("syncing") => std::thread::sleep(Duration::from_millis(2)),
             Some("in_sync") => return,
@@ -87,35 +81,10 @@ fn main() {
     let blocks = mib() * 1024 * 1024 / BS;
     let regions = blocks * BS / REGION;
     let d = Duration::from_secs_f64(bench_secs());
-    let sec = NativeNode::start(&[0], ".".into()).unwrap();
-    let pri = NativeNode::start(&[1], ".".into()).unwrap();
-    for b in ["base", "hidden", "active"] {
-        ok(
-            &sec,
-            "bdev_malloc_create",
-            json!({"name": b, "num_blocks": blocks, "block_size": BS}),
-        );
-    }
-    ok(
-        &sec,
-        "bdev_replication_create",
-        json!({"name": "svm0", "mode": "secondary", "base_bdev": "base",
-               "hidden_bdev": "hidden", "active_bdev": "active"}),
-    );
-    ok(&sec, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    let sec = common::secondary_node(0, blocks);
     let (ing_p, pri_p) = (free_port(), free_port());
     export(&sec, ING_NQN, "svm0_ingress", ing_p);
-    ok(
-        &pri,
-        "bdev_malloc_create",
-        json!({"name": "local", "num_blocks": blocks, "block_size": BS}),
-    );
-    ok(
-        &pri,
-        "bdev_nvme_attach_controller",
-        json!({"name": "svm0", "trtype": "TCP", "traddr": "127.0.0.1",
-               "trsvcid": ing_p.to_string(), "subnqn": ING_NQN}),
-    );
+    let pri = common::primary_node(1, blocks, ing_p, ING_NQN);
     ok(&pri, "bdev_error_create", json!({"base_name": "svm0n1"}));
     ok(
         &pri,
@@ -123,7 +92,6 @@ fn main() {
         json!({"name": "pvm0", "mode": "primary", "local_bdev": "local",
                "remote_bdev": "EE_svm0n1", "sync_granularity": REGION}),
     );
-    ok(&pri, "nvmf_create_transport", json!({"trtype": "TCP"}));
     export(&pri, PRI_NQN, "pvm0", pri_p);
 
     // Every page of every malloc touched once (first-touch faults out of the figures); the
@@ -191,7 +159,7 @@ fn main() {
         let (busy, _) = std::thread::scope(|sc| {
             sc.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    if status(&pri)["sync"]["state"] == "in_sync" {
+                    if status(&pri, "pvm0")["sync"]["state"] == "in_sync" {
                         ok(
                             &pri,
                             "bdev_replication_resync",
@@ -235,7 +203,7 @@ fn main() {
         for k in 0..dirty {
             write_block(&pri, k * step * (REGION / BS), k as u8);
         }
-        let st = status(&pri);
+        let st = status(&pri, "pvm0");
         assert_eq!(st["sync"]["state"], "out_of_sync", "{st}");
         assert_eq!(st["sync"]["dirty_bytes"], dirty * REGION, "{st}");
         ok(

@@ -85,16 +85,7 @@ pub fn nvmf_run(
     qd: usize,
     d: Duration,
 ) -> (f64, f64) {
-    let c = Controller::connect(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        nqn,
-        "nqn.2014-08.org.nvmexpress:uuid:bench",
-        ConnectOptions {
-            queue_size: 128,
-            ..ConnectOptions::default()
-        },
-    )
-    .expect("connect");
+    let c = connect(port, nqn);
     let t = Instant::now();
     let c = &c;
     let counts = futures::executor::block_on(join_all((0..qd).map(|q| async move {
@@ -156,4 +147,67 @@ pub fn raw_copy(
         t.elapsed().as_secs_f64()
     })
     .expect("app")
+}
+
+/// Our initiator on `nqn` at 127.0.0.1:`port`, queue size 128.
+pub fn connect(port: u16, nqn: &str) -> Controller {
+    Controller::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        nqn,
+        "nqn.2014-08.org.nvmexpress:uuid:bench",
+        ConnectOptions {
+            queue_size: 128,
+            ..ConnectOptions::default()
+        },
+    )
+    .expect("connect")
+}
+
+/// The `bdev_replication_get_status` entry of `name`.
+pub fn status(n: &NativeNode, name: &str) -> Value {
+    match ok(n, "bdev_replication_get_status", json!({"name": name})) {
+        Value::Array(mut v) if !v.is_empty() => v.swap_remove(0),
+        v => v,
+    }
+}
+
+/// A node on `core` with RAM disks `base`, `hidden`, `active` of `blocks` blocks, the
+/// secondary `svm0` over them (stage `none`) and the TCP transport.
+pub fn secondary_node(core: usize, blocks: u64) -> NativeNode {
+    let n = NativeNode::start(&[core], ".".into()).unwrap();
+    for b in ["base", "hidden", "active"] {
+        ok(
+            &n,
+            "bdev_malloc_create",
+            json!({"name": b, "num_blocks": blocks, "block_size": BS}),
+        );
+    }
+    ok(
+        &n,
+        "bdev_replication_create",
+        json!({"name": "svm0", "mode": "secondary", "base_bdev": "base",
+               "hidden_bdev": "hidden", "active_bdev": "active"}),
+    );
+    ok(&n, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    n
+}
+
+/// A node on `core` with the RAM disk `local` of `blocks` blocks, the NVMe/TCP bdev
+/// `svm0n1` attached to the ingress `ingress_nqn` at 127.0.0.1:`ingress_port`, and the TCP
+/// transport: what a primary is created over.
+pub fn primary_node(core: usize, blocks: u64, ingress_port: u16, ingress_nqn: &str) -> NativeNode {
+    let n = NativeNode::start(&[core], ".".into()).unwrap();
+    ok(
+        &n,
+        "bdev_malloc_create",
+        json!({"name": "local", "num_blocks": blocks, "block_size": BS}),
+    );
+    ok(
+        &n,
+        "bdev_nvme_attach_controller",
+        json!({"name": "svm0", "trtype": "TCP", "traddr": "127.0.0.1",
+               "trsvcid": ingress_port.to_string(), "subnqn": ingress_nqn}),
+    );
+    ok(&n, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    n
 }

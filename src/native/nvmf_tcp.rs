@@ -13,19 +13,19 @@
 
 use super::reactor::{Reactor, Sleep, sleep, spawn_local, uring};
 use io_uring::{opcode, types};
+use nvmf::driver::Listener;
 use nvmf::target::{IoResult, Target, TargetConn};
 use std::cell::RefCell;
 use std::future::Future;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-use tracing::{debug, warn};
+use std::time::Instant;
+use tracing::debug;
 
 /// Bytes one receive may bring in.
 const RECV_BUF: usize = 64 * 1024;
@@ -39,13 +39,7 @@ static NEXT_REACTOR: AtomicUsize = AtomicUsize::new(0);
 
 /// A listening target served by the reactors. Dropping it (or [`ReactorServer::shutdown`])
 /// closes the listener and every connection it accepted.
-pub struct ReactorServer {
-    target: Arc<Target>,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    accept: Option<JoinHandle<()>>,
-}
+pub struct ReactorServer(Listener);
 
 impl ReactorServer {
     /// Binds `listen` (port 0 picks one) and serves `target` there on `reactors`.
@@ -57,95 +51,21 @@ impl ReactorServer {
         if reactors.is_empty() {
             return Err(std::io::Error::other("no reactors"));
         }
-        let listener = TcpListener::bind(listen)?;
-        let addr = listener.local_addr()?;
-        target.add_listener(addr);
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (t, s, c) = (target.clone(), stop.clone(), conns.clone());
-        let accept = std::thread::Builder::new()
-            .name(format!("nvmf-accept-{}", addr.port()))
-            .spawn(move || accept_loop(listener, t, s, c, reactors))?;
-        Ok(Self {
-            target,
-            addr,
-            stop,
-            conns,
-            accept: Some(accept),
+        Listener::start(target, listen, move |t, s| {
+            let i = NEXT_REACTOR.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = reactors.get(i % reactors.len()) {
+                r.send(move || spawn_local(serve(t, s)));
+            }
         })
+        .map(Self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.0.local_addr()
     }
 
     /// Stops accepting and closes every connection (hosts see the target go away).
-    pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        if self.stop.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        // Wake the blocking accept().
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-        // Shutting the sockets down completes their pending io_uring receives and sends,
-        // so each connection task sees the end on its own reactor.
-        for c in self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        self.target.remove_listener(self.addr);
-    }
-}
-
-impl Drop for ReactorServer {
-    fn drop(&mut self) {
-        self.stop_now();
-    }
-}
-
-fn accept_loop(
-    listener: TcpListener,
-    target: Arc<Target>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    reactors: Vec<Reactor>,
-) {
-    for s in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let s = match s {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let _ = s.set_nodelay(true);
-        if let Ok(c) = s.try_clone() {
-            let mut v = conns.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget connections that have ended (their peer address is gone).
-            v.retain(|c| c.peer_addr().is_ok());
-            v.push(c);
-        }
-        let i = NEXT_REACTOR.fetch_add(1, Ordering::Relaxed);
-        let Some(r) = reactors.get(i % reactors.len()) else {
-            continue;
-        };
-        let t = target.clone();
-        r.send(move || spawn_local(serve(t, s)));
-    }
+    pub fn shutdown(self) {}
 }
 
 /// Backend completions of one connection. Backends may complete on any thread (the

@@ -8,6 +8,7 @@ use nvmf::driver::{ConnectOptions, Controller};
 use nvmf::pdu::{self, IcReq};
 use nvmf::target::{NamespaceConfig, RamBackend, SubsystemConfig, TargetConfig};
 use std::io::{Read, Write};
+use std::time::Duration;
 
 const NQN: &str = "nqn.2024-01.io.spdk-replication:reactor-test";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000002";

@@ -8,6 +8,7 @@
 mod block_on;
 mod bringup;
 mod controller;
+mod listener;
 mod qpair;
 mod target;
 
@@ -15,6 +16,7 @@ pub use block_on::{block_on, block_on_timeout};
 pub use controller::{
     Blocking, ConnectOptions, Controller, ControllerInfo, NamespaceInfo, discover,
 };
+pub use listener::Listener;
 pub use target::{TargetServer, serve_connection};
 
 use crate::nvme::cmd::Status;

@@ -2,15 +2,14 @@
 //! worker thread that owns the [`TargetConn`]. A slow backend or a slow host only ever
 //! stalls its own connection.
 
+use super::listener::Listener;
 use crate::target::{IoResult, Target, TargetConn};
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// Received bytes a connection may have queued before its reader stops reading (TCP
 /// backpressure then holds the host).
@@ -30,105 +29,29 @@ struct Pending {
 
 /// A listening target. Dropping it (or [`TargetServer::shutdown`]) closes the listener and
 /// every connection it accepted.
-pub struct TargetServer {
-    target: Arc<Target>,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    accept: Option<JoinHandle<()>>,
-}
+pub struct TargetServer(Listener);
 
 impl TargetServer {
     /// Binds `listen` (port 0 picks one) and serves `target` there.
     pub fn start(target: Arc<Target>, listen: impl ToSocketAddrs) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(listen)?;
-        let addr = listener.local_addr()?;
-        target.add_listener(addr);
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (t, s, c) = (target.clone(), stop.clone(), conns.clone());
-        let accept = std::thread::Builder::new()
-            .name(format!("nvmf-accept-{}", addr.port()))
-            .spawn(move || accept_loop(listener, t, s, c))?;
-        Ok(Self {
-            target,
-            addr,
-            stop,
-            conns,
-            accept: Some(accept),
+        Listener::start(target, listen, |t, s| {
+            let _ = std::thread::Builder::new()
+                .name("nvmf-conn".into())
+                .spawn(move || serve_connection(t, s));
         })
+        .map(Self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.0.local_addr()
     }
 
     pub fn target(&self) -> &Arc<Target> {
-        &self.target
+        self.0.target()
     }
 
     /// Stops accepting and closes every connection (hosts see the target go away).
-    pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        if self.stop.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        // Wake the blocking accept().
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-        for c in self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        self.target.remove_listener(self.addr);
-    }
-}
-
-impl Drop for TargetServer {
-    fn drop(&mut self) {
-        self.stop_now();
-    }
-}
-
-fn accept_loop(
-    listener: TcpListener,
-    target: Arc<Target>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-) {
-    for s in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let s = match s {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let _ = s.set_nodelay(true);
-        if let Ok(c) = s.try_clone() {
-            let mut v = conns.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget connections that have ended (their peer address is gone).
-            v.retain(|c| c.peer_addr().is_ok());
-            v.push(c);
-        }
-        let t = target.clone();
-        let _ = std::thread::Builder::new()
-            .name("nvmf-conn".into())
-            .spawn(move || serve_connection(t, s));
-    }
+    pub fn shutdown(self) {}
 }
 
 /// Serves one connection until it closes.

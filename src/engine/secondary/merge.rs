@@ -81,20 +81,11 @@ impl<D: BlockDevice> Secondary<D> {
         let cursor = self.merge_cursor.load(SeqCst);
         match self.next_overlay_cluster(cursor) {
             Some(c) => {
-                let _c = self.clusters.lock(c).await;
-                if self.stage() != Stage::Failover {
-                    return Ok(MergeStep::Idle);
+                let step = self.merge_one(c).await?;
+                if step == MergeStep::Progress {
+                    self.merge_cursor.fetch_max(c + 1, SeqCst);
                 }
-                if self.cluster_has_overlay(c) {
-                    match self.merge_cluster_or_fail(c).await {
-                        Ok(()) => {}
-                        // The cursor stays: this cluster is tried again after a pause.
-                        Err(IoError::NoMem) => return Ok(MergeStep::Backoff),
-                        Err(_) => return Err(ReplicationError::Io),
-                    }
-                }
-                self.merge_cursor.fetch_max(c + 1, SeqCst);
-                Ok(MergeStep::Progress)
+                Ok(step)
             }
             None => self.finish_merge().await,
         }
