@@ -211,6 +211,21 @@ fn encode_raw(
     data: &[u8],
     cfg: &WireCfg,
 ) {
+    encode_raw_parts(out, ty, extra_flags, specific, data, cfg, true);
+}
+
+/// Encodes a PDU; without `copy_data` the data's bytes are left out and the offset of
+/// `out` where they belong (before the data digest, which is written) is returned, for a
+/// driver that sends them from their own buffer.
+fn encode_raw_parts(
+    out: &mut Vec<u8>,
+    ty: PduType,
+    extra_flags: u8,
+    specific: &[u8],
+    data: &[u8],
+    cfg: &WireCfg,
+    copy_data: bool,
+) -> usize {
     let dg = ty.digests_apply();
     let hdgst = cfg.hdgst && dg;
     let ddgst = cfg.ddgst && dg && !data.is_empty();
@@ -242,13 +257,18 @@ fn encode_raw(
         let d = digest(&out[start..start + hlen]);
         out.extend_from_slice(&d);
     }
+    let mut at = out.len();
     if !data.is_empty() {
         out.resize(start + pdo, 0);
-        out.extend_from_slice(data);
+        at = out.len();
+        if copy_data {
+            out.extend_from_slice(data);
+        }
         if ddgst {
             out.extend_from_slice(&digest(data));
         }
     }
+    at
 }
 
 pub fn encode_ic_req(out: &mut Vec<u8>, r: &IcReq) {
@@ -319,6 +339,34 @@ pub fn encode_c2h_data(
     success: bool,
     cfg: &WireCfg,
 ) {
+    encode_c2h_data_parts(out, cccid, datao, data, last, success, cfg, true);
+}
+
+/// As [`encode_c2h_data`] without the data itself: `data`'s bytes belong at the returned
+/// offset of `out` (a gather send takes them from their buffer, saving a copy).
+pub fn encode_c2h_data_header(
+    out: &mut Vec<u8>,
+    cccid: u16,
+    datao: u32,
+    data: &[u8],
+    last: bool,
+    success: bool,
+    cfg: &WireCfg,
+) -> usize {
+    encode_c2h_data_parts(out, cccid, datao, data, last, success, cfg, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_c2h_data_parts(
+    out: &mut Vec<u8>,
+    cccid: u16,
+    datao: u32,
+    data: &[u8],
+    last: bool,
+    success: bool,
+    cfg: &WireCfg,
+    copy_data: bool,
+) -> usize {
     let mut s = [0u8; DATA_HLEN - CH_LEN];
     put16(&mut s, 0, cccid);
     put32(&mut s, 4, datao);
@@ -327,7 +375,7 @@ pub fn encode_c2h_data(
     if success && last {
         fl |= flags::SUCCESS;
     }
-    encode_raw(out, PduType::C2HData, fl, &s, data, cfg);
+    encode_raw_parts(out, PduType::C2HData, fl, &s, data, cfg, copy_data)
 }
 
 pub fn encode_r2t(out: &mut Vec<u8>, r: &R2T, cfg: &WireCfg) {

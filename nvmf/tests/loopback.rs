@@ -38,12 +38,17 @@ fn identify_reports_the_namespace() {
 }
 
 fn sizes_roundtrip(hdgst: bool, ddgst: bool, bs: u32) {
+    sizes_roundtrip_with(hdgst, ddgst, bs, false)
+}
+
+fn sizes_roundtrip_with(hdgst: bool, ddgst: bool, bs: u32, poll: bool) {
     let srv = server(small_cfg(), bs, 4096);
     let opts = ConnectOptions {
         hdgst,
         ddgst,
         ..ConnectOptions::default()
     };
+    let (opts, _poller) = polled_if(poll, opts);
     let c = connect(&srv, opts);
     let b = c.blocking();
     // 1 block, in-capsule, exactly in-capsule, R2T with one and several H2CData, > MAXH2CDATA.
@@ -90,8 +95,25 @@ fn sizes_with_data_digest() {
     sizes_roundtrip(false, true, 4096);
 }
 
+/// The queues read by a polling driver (one thread for all, as an SPDK poll group; the
+/// commands of one pass leave in one send) instead of a reader thread each.
+#[test]
+fn sizes_with_a_polling_driver() {
+    sizes_roundtrip_with(false, false, 512, true);
+    sizes_roundtrip_with(true, true, 4096, true);
+}
+
 #[test]
 fn queue_depths_and_several_queues() {
+    queue_depths(false);
+}
+
+#[test]
+fn queue_depths_with_a_polling_driver() {
+    queue_depths(true);
+}
+
+fn queue_depths(poll: bool) {
     let srv = server(small_cfg(), 512, 65536);
     for (queues, qd) in [(1u16, 1usize), (1, 8), (2, 32), (4, 128)] {
         let opts = ConnectOptions {
@@ -99,6 +121,7 @@ fn queue_depths_and_several_queues() {
             queue_size: 128,
             ..ConnectOptions::default()
         };
+        let (opts, _poller) = polled_if(poll, opts);
         let c = connect(&srv, opts);
         assert_eq!(c.info().io_queues, usize::from(queues));
         // Each command gets its own region; sizes vary so in-capsule and R2T mix.

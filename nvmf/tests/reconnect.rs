@@ -34,6 +34,16 @@ fn restart(addr: SocketAddr, be: Arc<RamBackend>) -> TargetServer {
 
 #[test]
 fn io_resumes_after_the_target_restarts() {
+    io_resumes(false);
+}
+
+/// The new queues of a reconnect reach the polling driver too.
+#[test]
+fn io_resumes_after_the_target_restarts_with_a_polling_driver() {
+    io_resumes(true);
+}
+
+fn io_resumes(poll: bool) {
     let be = Arc::new(RamBackend::new(512, 4096));
     let srv = TargetServer::start(target_on(be.clone()), "127.0.0.1:0").unwrap();
     let addr = srv.local_addr();
@@ -46,6 +56,7 @@ fn io_resumes_after_the_target_restarts() {
         },
         ..ConnectOptions::default()
     };
+    let (opts, _poller) = polled_if(poll, opts);
     let c = Controller::connect(addr, NQN, HOSTNQN, opts).unwrap();
     let b = c.blocking();
     b.write(1, 10, pattern(8192, 1)).unwrap();

@@ -14,7 +14,7 @@
 use super::reactor::{Reactor, Sleep, sleep, spawn_local, uring};
 use io_uring::{opcode, types};
 use nvmf::driver::Listener;
-use nvmf::target::{IoResult, Target, TargetConn};
+use nvmf::target::{IoResult, Target, TargetConn, TxBatch};
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -105,6 +105,28 @@ impl Completions {
 /// the bytes while no op holds the buffer.
 type OpBuf = Rc<RefCell<Vec<u8>>>;
 
+/// Iovecs one send may carry (a C2HData header, its data, the next header, ...).
+const SEND_IOVECS: usize = 64;
+
+/// A gather send: the connection's output with the read buffers in it, and the `sendmsg`
+/// arguments pointing there. Shared with the op as its `keep`, like [`OpBuf`].
+struct Gather {
+    batch: TxBatch,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Self {
+            batch: TxBatch::default(),
+            iov: Vec::with_capacity(SEND_IOVECS),
+            // SAFETY: an all-zero msghdr is a valid empty one.
+            msg: unsafe { std::mem::zeroed() },
+        }
+    }
+}
+
 struct Conn {
     stream: TcpStream,
     conn: TargetConn,
@@ -115,7 +137,7 @@ struct Conn {
     recv: Option<super::reactor::UringOp>,
     /// What is being sent. PDUs produced meanwhile gather in the `TargetConn`, so that
     /// the next send carries all of them.
-    tx: OpBuf,
+    tx: Rc<RefCell<Gather>>,
     tx_off: usize,
     send: Option<super::reactor::UringOp>,
     timer: Option<(Instant, Sleep)>,
@@ -125,9 +147,12 @@ struct Conn {
 /// Serves one connection on the calling reactor until it closes.
 async fn serve(target: Arc<Target>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
+    let mut conn = TargetConn::new(target, Instant::now());
+    // Read data goes out from its buffer (SPDK's target writes from the bdev's buffer).
+    conn.set_gather(true);
     let mut c = Conn {
         stream,
-        conn: TargetConn::new(target, Instant::now()),
+        conn,
         comps: Arc::default(),
         taken: Vec::new(),
         rx: Rc::new(RefCell::new(vec![0u8; RECV_BUF])),
@@ -162,8 +187,8 @@ impl Conn {
                 std::mem::swap(&mut g.done, &mut self.taken);
             }
             for (tag, r) in self.taken.drain(..) {
-                // The read's data is copied into the PDUs by now: its buffer serves the
-                // next read on this reactor.
+                // A buffer handed back (not spliced into the output) serves the next read
+                // on this reactor.
                 if let Some(b) = self.conn.complete_io_keep(tag, r) {
                     super::node::recycle_read_buf(b);
                 }
@@ -209,26 +234,33 @@ impl Conn {
                 return true;
             }
             self.tx_off += n as usize;
-            if self.tx_off >= self.tx.borrow().len() {
-                self.tx.borrow_mut().clear();
+            if self.tx_off >= self.tx.borrow().batch.len() {
+                // All sent: the read buffers serve the next reads on this reactor.
+                self.tx
+                    .borrow_mut()
+                    .batch
+                    .clear(super::node::recycle_read_buf);
                 self.tx_off = 0;
             }
         }
         if self.tx_off == 0 {
             // Everything sent so far is out: take what the connection has produced since
-            // (the two vectors trade places and keep their capacity).
-            self.conn.transmit_into(&mut self.tx.borrow_mut());
-            if self.tx.borrow().is_empty() {
+            // (the two batches trade places and keep their capacity).
+            self.conn.transmit_gather(&mut self.tx.borrow_mut().batch);
+            if self.tx.borrow().batch.is_empty() {
                 return progress;
             }
         }
-        let (ptr, len) = {
-            let b = self.tx.borrow();
-            let rest = b.get(self.tx_off..).unwrap_or(&[]);
-            (rest.as_ptr(), u32::try_from(rest.len()).unwrap_or(u32::MAX))
+        let msg = {
+            let mut g = self.tx.borrow_mut();
+            let g = &mut *g;
+            g.batch.iovecs(self.tx_off, SEND_IOVECS, &mut g.iov);
+            g.msg.msg_iov = g.iov.as_mut_ptr();
+            g.msg.msg_iovlen = g.iov.len();
+            &raw const g.msg
         };
-        let e = opcode::Send::new(types::Fd(self.stream.as_raw_fd()), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
+        let e = opcode::SendMsg::new(types::Fd(self.stream.as_raw_fd()), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
             .build();
         let mut op = uring(e, Some(Box::new(self.tx.clone())));
         // Polling submits it; the result comes on a later turn.
@@ -256,7 +288,7 @@ impl Conn {
             self.conn.handle_input(data, Instant::now());
             return true;
         }
-        if self.conn.pending_transmit() + self.tx.borrow().len() > MAX_PENDING_OUTPUT {
+        if self.conn.pending_transmit() + self.tx.borrow().batch.len() > MAX_PENDING_OUTPUT {
             // The send in flight wakes us when the host reads again.
             return false;
         }

@@ -39,15 +39,29 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn data_roundtrips_at_depth_over_the_reactors() {
+    roundtrips(false, false);
+}
+
+/// Read data is sent from its buffer (gathered): its data digest, and sends that stop
+/// part way through the iovecs (1 MiB reads fill the socket) and resume.
+#[test]
+fn data_roundtrips_with_digests_and_partial_gather_sends() {
+    roundtrips(true, true);
+}
+
+fn roundtrips(hdgst: bool, ddgst: bool) {
     let r = Reactors::start(&[0, 1]).unwrap();
     let srv = serve_ram(&r);
     let opts = ConnectOptions {
         io_queues: 2,
+        hdgst,
+        ddgst,
         ..ConnectOptions::default()
     };
     let c = Controller::connect(srv.local_addr(), NQN, HOSTNQN, opts).unwrap();
-    // One block, in-capsule, R2T with one and several H2CData, several C2HData.
-    let sizes = [1u32, 8, 9, 32, 33, 512];
+    // One block, in-capsule, R2T with one and several H2CData, several C2HData, and
+    // reads of more C2HData PDUs than one send's iovecs.
+    let sizes = [1u32, 8, 9, 32, 33, 512, 2048, 2048, 1024];
     let mut lba = 0u64;
     let mut futs = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {

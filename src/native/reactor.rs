@@ -120,6 +120,8 @@ struct Local {
     timer_seq: Cell<u64>,
     wake_armed: Cell<bool>,
     wake_buf: Box<Cell<u64>>,
+    /// Run once the tasks ready in this turn have run ([`defer`]).
+    deferred: RefCell<Vec<Box<dyn FnOnce()>>>,
 }
 
 thread_local! {
@@ -158,6 +160,20 @@ pub fn spawn_local(fut: impl Future<Output = ()> + 'static) {
     });
     if ok.is_none() {
         tracing::error!("spawn_local called off a reactor");
+    }
+}
+
+/// Runs `f` on the calling reactor once the tasks ready in this turn have run (e.g. to
+/// send the commands they submitted together); off a reactor, at once.
+pub fn defer(f: impl FnOnce() + 'static) {
+    let mut f = Some(f);
+    with_local(|l| {
+        if let Some(f) = f.take() {
+            l.deferred.borrow_mut().push(Box::new(f));
+        }
+    });
+    if let Some(f) = f {
+        f();
     }
 }
 
@@ -407,6 +423,7 @@ fn run_loop(shared: Arc<Shared>, ring: IoUring) {
         timer_seq: Cell::new(0),
         wake_armed: Cell::new(false),
         wake_buf: Box::new(Cell::new(0)),
+        deferred: RefCell::new(Vec::new()),
     });
     LOCAL.with(|l| *l.borrow_mut() = Some(local.clone()));
     let spin = spin_window();
@@ -420,6 +437,10 @@ fn run_loop(shared: Arc<Shared>, ring: IoUring) {
         while let Some(id) = shared.ready.pop() {
             poll_task(&local, id);
             busy = true;
+        }
+        let deferred = std::mem::take(&mut *local.deferred.borrow_mut());
+        for f in deferred {
+            f();
         }
         busy |= reap(&local);
         busy |= fire_timers(&local);

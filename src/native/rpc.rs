@@ -404,10 +404,11 @@ async fn attach(app: &Rc<App>, params: Option<Value>) -> Result<Value, RpcError>
     // Connecting blocks (socket, bring-up): off the reactor.
     let (tx, rx) = futures::channel::oneshot::channel();
     let name = p.name.clone();
+    let reactors = app.reactors.clone();
     std::thread::Builder::new()
         .name("nvme-attach".into())
         .spawn(move || {
-            let _ = tx.send(NvmeController::attach(p));
+            let _ = tx.send(NvmeController::attach(p, reactors));
         })
         .map_err(|e| RpcError::new(-5, format!("{name}: {e}")))?;
     let c = rx

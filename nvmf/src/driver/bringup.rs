@@ -72,7 +72,7 @@ fn connect_queue(
     depth: u16,
 ) -> Result<(Arc<QPair>, u16), Error> {
     let t = o.connect_timeout;
-    let qp = QPair::connect(addr, queue_cfg(o, depth), t)?;
+    let qp = QPair::connect(addr, queue_cfg(o, depth), t, o.rx.as_ref())?;
     run(qp.ready(), t, "ICResp")?;
     let (sqe, data) = c.to_sqe();
     let (cqe, _) = run(qp.exec(sqe, Bytes::from(data), 0), t, "Connect")?;

@@ -5,7 +5,7 @@
 use super::Error;
 use super::block_on::{block_on, block_on_timeout};
 use super::bringup::{Session, establish};
-use super::qpair::QPair;
+use super::qpair::{QPair, RxDriver};
 use crate::host::{LinkState, Reconnect, ReconnectOpts};
 use crate::nvme::cmd::{Cqe, DsmRange, Sqe, admin, io};
 use crate::nvme::fabrics::{self, DISCOVERY_NQN, cc, prop};
@@ -36,6 +36,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Largest read the host asks for in one command.
     pub max_transfer: usize,
+    /// Who reads the queues' sockets: `None` for a reader thread per queue.
+    pub rx: Option<Arc<dyn RxDriver>>,
 }
 
 impl Default for ConnectOptions {
@@ -50,6 +52,7 @@ impl Default for ConnectOptions {
             hostid: [0x11; 16],
             connect_timeout: Duration::from_secs(5),
             max_transfer: 1024 * 1024,
+            rx: None,
         }
     }
 }

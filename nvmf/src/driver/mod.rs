@@ -1,7 +1,8 @@
 //! Thin drivers running the sans-I/O state machines on std::net sockets with threads:
 //! [`TargetServer`] for the target (a reader and a worker thread per connection),
-//! [`Controller`] for the host (a reader thread per queue; submitters send themselves,
-//! a writer thread takes only what the socket does not). The native host serves its
+//! [`Controller`] for the host (a reader thread per queue, or the caller's runtime through
+//! an [`RxDriver`]; submitters send themselves, a writer thread takes only what the socket
+//! does not). The native host serves its
 //! target connections on its io_uring reactors instead (`src/native/nvmf_tcp.rs`), which
 //! saves the thread handoffs per request.
 
@@ -9,6 +10,7 @@ mod block_on;
 mod bringup;
 mod controller;
 mod listener;
+mod poller;
 mod qpair;
 mod target;
 
@@ -17,6 +19,8 @@ pub use controller::{
     Blocking, ConnectOptions, Controller, ControllerInfo, NamespaceInfo, discover,
 };
 pub use listener::Listener;
+pub use poller::{PollState, PollThread, Poller};
+pub use qpair::{QueueRx, QueueTx, RxDriver};
 pub use target::{TargetServer, serve_connection};
 
 use crate::nvme::cmd::Status;

@@ -1,8 +1,10 @@
-//! One initiator connection on a socket: a reader thread feeds the [`HostQueue`] and wakes
-//! the futures of completed commands. A submitter sends its PDUs itself with a
-//! non-blocking `send` (no thread handoff on the fast path); only what the socket does not
-//! take at once goes to a writer thread, so a submitter never blocks on the socket and the
-//! reader never waits for a writer.
+//! One initiator connection on a socket. Received bytes feed the [`HostQueue`] and wake
+//! the futures of completed commands; who reads the socket is the connection's
+//! [`RxDriver`]: by default a reader thread, or the caller's runtime (an io_uring reactor,
+//! a polling loop) through a [`QueueRx`], which saves a thread wakeup per completion. A
+//! submitter sends its PDUs itself with a non-blocking `send` (no thread handoff on the
+//! fast path); only what the socket does not take at once goes to a writer thread, so a
+//! submitter never blocks on the socket and the reader never waits for a writer.
 
 use super::Error;
 use crate::host::{HostEvent, HostQueue, HostQueueConfig};
@@ -12,15 +14,136 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 type CmdResult = Result<(Cqe, Vec<u8>), Error>;
+
+/// Reads the sockets of a controller's queues in place of the reader threads.
+pub trait RxDriver: Send + Sync + std::fmt::Debug {
+    /// Called once for every queue connected (again after each reconnect, with the new
+    /// queue's socket). The driver reads `rx`'s socket and hands every byte, in order, to
+    /// [`QueueRx::input`] until it returns true, and reports the end of the stream with
+    /// [`QueueRx::closed`].
+    fn spawn(&self, rx: QueueRx);
+
+    /// A submitter queued PDUs on a queue: the driver calls [`QueueTx::flush`] soon, e.g.
+    /// at the end of its current turn, so that the commands submitted in one turn leave in
+    /// one `send` (a `send` per command is most of an initiator's cost at depth). Called
+    /// once per batch: not again until that flush. The default sends at once.
+    fn defer_flush(&self, tx: QueueTx) {
+        tx.flush();
+    }
+}
+
+/// The send side of one initiator queue, for [`RxDriver::defer_flush`].
+pub struct QueueTx(Arc<QPair>);
+
+impl std::fmt::Debug for QueueTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueTx")
+            .field("fd", &self.0.stream.as_raw_fd())
+            .finish()
+    }
+}
+
+impl QueueTx {
+    /// Sends what the queue's submitters left queued.
+    pub fn flush(self) {
+        drop(self);
+    }
+}
+
+impl Drop for QueueTx {
+    // A driver that drops the handle (shutting down) still sends: nothing is left queued.
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.flush_deferred = false;
+        self.0.flush(&mut g);
+    }
+}
+
+/// The receive side of one initiator queue, for an [`RxDriver`].
+pub struct QueueRx {
+    qp: Weak<QPair>,
+    /// A duplicate of the queue's socket: the fd stays valid while the driver holds it.
+    stream: TcpStream,
+}
+
+impl std::fmt::Debug for QueueRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueRx").field("fd", &self.fd()).finish()
+    }
+}
+
+impl QueueRx {
+    /// The socket to read (blocking mode; read with `MSG_DONTWAIT` or io_uring).
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Feeds received bytes; true when the queue is gone or failed: stop reading.
+    pub fn input(&self, data: &[u8]) -> bool {
+        match self.qp.upgrade() {
+            Some(qp) => qp.input(data),
+            None => true,
+        }
+    }
+
+    /// The socket ended (EOF or a receive error).
+    pub fn closed(&self, reason: &str) {
+        if let Some(qp) = self.qp.upgrade() {
+            qp.fail(reason);
+        }
+    }
+
+    /// Reads what the socket holds without blocking and feeds it, for drivers that poll;
+    /// true when the queue is done (stop polling it).
+    pub fn poll(&self, buf: &mut [u8]) -> bool {
+        loop {
+            // SAFETY: receives into a live, exclusively borrowed buffer on a socket this
+            // handle keeps open; MSG_DONTWAIT makes this call alone non-blocking.
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => {
+                    self.closed("connection closed");
+                    return true;
+                }
+                n if n < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    return match e.kind() {
+                        std::io::ErrorKind::WouldBlock => false,
+                        std::io::ErrorKind::Interrupted => continue,
+                        _ => {
+                            self.closed(&format!("recv: {e}"));
+                            true
+                        }
+                    };
+                }
+                n => {
+                    if self.input(buf.get(..n as usize).unwrap_or(&[])) {
+                        return true;
+                    }
+                    if (n as usize) < buf.len() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct Slot {
@@ -36,6 +159,8 @@ struct Inner {
     /// Futures waiting for ICResp or for a free queue slot.
     waiting: Vec<Waker>,
     failed: Option<String>,
+    /// A [`QueueTx`] is with the driver: submitters leave their PDUs to it.
+    flush_deferred: bool,
 }
 
 pub(crate) struct QPair {
@@ -45,6 +170,7 @@ pub(crate) struct QPair {
     /// PDUs must queue behind them to keep their order.
     queued: Arc<AtomicUsize>,
     stream: TcpStream,
+    driver: Option<Arc<dyn RxDriver>>,
 }
 
 impl QPair {
@@ -52,6 +178,7 @@ impl QPair {
         addr: SocketAddr,
         cfg: HostQueueConfig,
         timeout: Duration,
+        driver: Option<&Arc<dyn RxDriver>>,
     ) -> Result<Arc<Self>, Error> {
         let stream =
             TcpStream::connect_timeout(&addr, timeout).map_err(|e| Error::Io(e.to_string()))?;
@@ -68,9 +195,11 @@ impl QPair {
                 slots: HashMap::new(),
                 waiting: Vec::new(),
                 failed: None,
+                flush_deferred: false,
             }),
             tx,
             queued,
+            driver: driver.cloned(),
             stream: stream.try_clone().map_err(|e| Error::Io(e.to_string()))?,
         });
         let mut w = stream.try_clone().map_err(|e| Error::Io(e.to_string()))?;
@@ -92,23 +221,25 @@ impl QPair {
             })
             .map_err(|e| Error::Io(e.to_string()))?;
         let weak = Arc::downgrade(&qp);
-        let mut r = stream;
+        if let Some(driver) = driver {
+            driver.spawn(QueueRx { qp: weak, stream });
+            return Ok(qp);
+        }
+        let rx = QueueRx { qp: weak, stream };
         std::thread::Builder::new()
             .name("nvmf-host-rx".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    let n = match r.read(&mut buf) {
-                        Ok(0) | Err(_) => 0,
-                        Ok(n) => n,
-                    };
-                    let Some(qp) = weak.upgrade() else { return };
-                    if n == 0 {
-                        qp.fail("connection closed");
-                        return;
-                    }
-                    if qp.input(buf.get(..n).unwrap_or(&[])) {
-                        return;
+                    match (&rx.stream).read(&mut buf) {
+                        Ok(0) => return rx.closed("connection closed"),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return rx.closed("connection closed"),
+                        Ok(n) => {
+                            if rx.input(buf.get(..n).unwrap_or(&[])) {
+                                return;
+                            }
+                        }
                     }
                 }
             })
@@ -313,7 +444,15 @@ impl Future for Exec {
                         abandoned: false,
                     },
                 );
-                qp.flush(&mut g);
+                match &qp.driver {
+                    Some(d) if !g.flush_deferred => {
+                        g.flush_deferred = true;
+                        drop(g);
+                        d.defer_flush(QueueTx(qp.clone()));
+                    }
+                    Some(_) => {}
+                    None => qp.flush(&mut g),
+                }
                 Poll::Pending
             }
             Err(e) => Poll::Ready(Err(Error::Transport(e.to_string()))),

@@ -107,7 +107,7 @@ impl TargetConn {
             r2to: 0,
             r2tl: len,
         };
-        pdu::encode_r2t(&mut self.tx, &r2t, &self.wire);
+        pdu::encode_r2t(self.tx.bytes_mut(), &r2t, &self.wire);
         Counters::bump(&self.target.counters.r2ts);
         let buf = vec![0u8; len as usize];
         self.cmds.insert(

@@ -3,6 +3,7 @@
 //! A protocol violation queues a C2HTermReq and closes the connection; nothing here
 //! panics on network input and every buffer is bounded by the negotiated limits.
 
+use super::TxBatch;
 use super::backend::{IoRequest, IoResult, NsError};
 use super::stats::Counters;
 use super::subsystem::{CtrlHandle, Target};
@@ -95,7 +96,9 @@ pub struct TargetConn {
     state: State,
     dec: Decoder,
     rx: Vec<u8>,
-    pub(crate) tx: Vec<u8>,
+    pub(crate) tx: TxBatch,
+    /// Read data is spliced into the output rather than copied ([`Self::set_gather`]).
+    gather: bool,
     pub(crate) wire: WireCfg,
     pub(crate) q: Option<QueueCtx>,
     pub(crate) cmds: HashMap<u16, Cmd>,
@@ -121,7 +124,8 @@ impl TargetConn {
             state: State::AwaitIcReq,
             dec,
             rx: Vec::new(),
-            tx: Vec::new(),
+            tx: TxBatch::default(),
+            gather: false,
             wire: WireCfg::default(),
             q: None,
             cmds: HashMap::new(),
@@ -174,7 +178,7 @@ impl TargetConn {
             }
             return None;
         }
-        Some(std::mem::take(&mut self.tx))
+        Some(self.tx.flatten())
     }
 
     /// Hands the bytes to send over by swapping them with `out`, which must be empty (the
@@ -189,8 +193,32 @@ impl TargetConn {
             }
             return;
         }
+        if self.gather {
+            *out = self.tx.flatten();
+            return;
+        }
         out.clear();
-        std::mem::swap(out, &mut self.tx);
+        std::mem::swap(out, self.tx.bytes_mut());
+    }
+
+    /// Read data goes out from its own buffer: the driver sends with
+    /// [`Self::transmit_gather`] (and `complete_io_keep` no longer hands buffers back:
+    /// [`TxBatch::clear`] does once they are sent).
+    pub fn set_gather(&mut self, on: bool) {
+        self.gather = on;
+    }
+
+    /// As [`Self::transmit_into`] for a gather send: `out` (empty, all of it sent) and
+    /// the connection's output trade places.
+    pub fn transmit_gather(&mut self, out: &mut TxBatch) {
+        if self.tx.is_empty() {
+            if self.close_after_flush {
+                self.close("host disconnected");
+            }
+            return;
+        }
+        out.clear(drop);
+        self.tx.swap(out);
     }
 
     /// Bytes queued for sending and not yet handed to the driver.
@@ -292,6 +320,9 @@ impl TargetConn {
             Ok(data) if read_len > 0 => {
                 if data.len() != read_len {
                     self.respond(cid, Status::INTERNAL_ERROR, 0, 0);
+                } else if self.gather {
+                    self.respond_data_spliced(cid, data, 0);
+                    return None;
                 } else {
                     self.respond_data(cid, &data, 0);
                 }
@@ -331,7 +362,7 @@ impl TargetConn {
     }
 
     pub(crate) fn term(&mut self, fes: Fes, fei: u32, header: &[u8], reason: &str) {
-        pdu::encode_term_req(&mut self.tx, false, fes, fei, header);
+        pdu::encode_term_req(self.tx.bytes_mut(), false, fes, fei, header);
         Counters::bump(&self.target.counters.term_reqs);
         self.close(reason);
     }
@@ -341,7 +372,7 @@ impl TargetConn {
             Pdu::IcReq(r) => {
                 let cfg = &self.target.cfg;
                 pdu::encode_ic_resp(
-                    &mut self.tx,
+                    self.tx.bytes_mut(),
                     &IcResp {
                         pfv: 0,
                         cpda: 0,
@@ -436,7 +467,7 @@ impl TargetConn {
             cid,
             status,
         };
-        pdu::encode_capsule_resp(&mut self.tx, &cqe.encode(), &self.wire);
+        pdu::encode_capsule_resp(self.tx.bytes_mut(), &cqe.encode(), &self.wire);
     }
 
     /// Completes a command (dropping its state) with a CapsuleResp.
@@ -448,16 +479,42 @@ impl TargetConn {
     /// Sends data in C2HData chunks, then the completion (or SUCCESS on the last chunk
     /// when the host disabled SQ flow control, which is the only time that is allowed).
     pub(crate) fn respond_data(&mut self, cid: u16, data: &[u8], dw0: u32) {
+        let wire = self.wire;
+        self.respond_chunks(cid, data.len(), dw0, |tx, cid, off, r, last, success| {
+            let c = data.get(r).unwrap_or(&[]);
+            pdu::encode_c2h_data(tx.bytes_mut(), cid, off, c, last, success, &wire);
+        });
+    }
+
+    /// As [`Self::respond_data`], with `data` spliced into the output, not copied.
+    fn respond_data_spliced(&mut self, cid: u16, data: Vec<u8>, dw0: u32) {
+        let (wire, len) = (self.wire, data.len());
+        let buf = self.tx.add_buf(data);
+        self.respond_chunks(cid, len, dw0, |tx, cid, off, r, last, success| {
+            tx.encode_spliced(buf, r, |out, c| {
+                pdu::encode_c2h_data_header(out, cid, off, c, last, success, &wire)
+            });
+        });
+    }
+
+    fn respond_chunks(
+        &mut self,
+        cid: u16,
+        len: usize,
+        dw0: u32,
+        mut emit: impl FnMut(&mut TxBatch, u16, u32, std::ops::Range<usize>, bool, bool),
+    ) {
         self.cmds.remove(&cid);
         let chunk = (self.target.cfg.c2h_chunk as usize).max(4096);
         let success = self.target.cfg.c2h_success
             && dw0 == 0
             && self.q.as_ref().is_some_and(|q| q.sq_flow_disabled);
-        let n = data.len().div_ceil(chunk);
-        for (i, c) in data.chunks(chunk).enumerate() {
+        let n = len.div_ceil(chunk);
+        for i in 0..n {
             let last = i + 1 == n;
             let off = u32::try_from(i * chunk).unwrap_or(u32::MAX);
-            pdu::encode_c2h_data(&mut self.tx, cid, off, c, last, success && last, &self.wire);
+            let r = i * chunk..((i + 1) * chunk).min(len);
+            emit(&mut self.tx, cid, off, r, last, success && last);
             Counters::bump(&self.target.counters.c2h_data_pdus);
         }
         if success && n > 0 {

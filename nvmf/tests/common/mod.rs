@@ -1,7 +1,7 @@
 //! Shared test helpers: a RAM-backed target on loopback.
 #![allow(dead_code)]
 
-use nvmf::driver::{ConnectOptions, Controller, TargetServer};
+use nvmf::driver::{ConnectOptions, Controller, PollThread, Poller, RxDriver, TargetServer};
 use nvmf::target::{NamespaceConfig, RamBackend, SubsystemConfig, Target, TargetConfig};
 use std::sync::Arc;
 
@@ -22,6 +22,22 @@ pub fn server(cfg: TargetConfig, block_size: u32, blocks: u64) -> TargetServer {
 
 pub fn connect(srv: &TargetServer, opts: ConnectOptions) -> Controller {
     Controller::connect(srv.local_addr(), NQN, HOSTNQN, opts).unwrap()
+}
+
+/// With `poll`, `opts` with the queues read by one polling thread (the returned handle,
+/// to keep while connected) instead of a reader thread each.
+pub fn polled_if(poll: bool, opts: ConnectOptions) -> (ConnectOptions, Option<PollThread>) {
+    if !poll {
+        return (opts, None);
+    }
+    let p = Arc::new(Poller::default());
+    let t = p.spawn_thread().unwrap();
+    let rx: Arc<dyn RxDriver> = p;
+    let opts = ConnectOptions {
+        rx: Some(rx),
+        ..opts
+    };
+    (opts, Some(t))
 }
 
 /// Deterministic bytes that differ per LBA and per seed.

@@ -4,13 +4,18 @@
 
 use crate::engine::{IoBuf, IoError};
 use crate::native::buf::NativeBuf;
+use crate::native::reactor::{self, Reactor};
 use bytes::Bytes;
-use nvmf::driver::{ConnectOptions, Controller, Error as NvmfError};
+use io_uring::{opcode, types};
+use nvmf::driver::{ConnectOptions, Controller, Error as NvmfError, QueueRx, QueueTx, RxDriver};
 use nvmf::host::ReconnectOpts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// SPDK's `bdev_nvme_attach_controller` params (the TCP subset).
@@ -81,6 +86,62 @@ impl AttachParams {
     }
 }
 
+/// The initiator's queues on the node's reactors, as SPDK's bdev_nvme polls its qpairs from
+/// its poll groups: each queue's socket is received from through one reactor's io_uring
+/// (round robin), and the commands a reactor submits in one turn leave in one `send`.
+/// Before, a reader thread per queue took every completion and woke the reactor.
+struct ReactorRx {
+    reactors: Vec<Reactor>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for ReactorRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReactorRx({} reactors)", self.reactors.len())
+    }
+}
+
+const RECV_BUF: usize = 64 * 1024;
+
+impl RxDriver for ReactorRx {
+    fn spawn(&self, rx: QueueRx) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.reactors.get(i % self.reactors.len().max(1)) {
+            Some(r) => r.send(move || reactor::spawn_local(receive(rx))),
+            None => rx.closed("no reactor to receive on"),
+        }
+    }
+
+    fn defer_flush(&self, tx: QueueTx) {
+        reactor::defer(move || tx.flush());
+    }
+}
+
+/// Feeds one queue's socket to it until the queue ends.
+async fn receive(rx: QueueRx) {
+    let buf = Rc::new(RefCell::new(vec![0u8; RECV_BUF]));
+    loop {
+        let ptr = buf.borrow_mut().as_mut_ptr();
+        let e = opcode::Recv::new(types::Fd(rx.fd()), ptr, RECV_BUF as u32).build();
+        // The op keeps the buffer alive until its completion, even if this task is dropped.
+        let n = reactor::uring(e, Some(Box::new(buf.clone()))).await;
+        match n {
+            n if n == -libc::EINTR || n == -libc::EAGAIN => continue,
+            0 => return rx.closed("connection closed"),
+            n if n < 0 => {
+                let e = std::io::Error::from_raw_os_error(-n);
+                return rx.closed(&format!("recv: {e}"));
+            }
+            n => {
+                let b = buf.borrow();
+                if rx.input(b.get(..n as usize).unwrap_or(&[])) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// An attached controller and its namespace bdevs.
 pub struct NvmeController {
     pub params: AttachParams,
@@ -89,13 +150,18 @@ pub struct NvmeController {
 }
 
 impl NvmeController {
-    /// Connects (blocking: call it off the reactors).
-    pub fn attach(params: AttachParams) -> Result<Self, String> {
+    /// Connects (blocking: call it off the reactors); `reactors` receive its queues.
+    pub fn attach(params: AttachParams, reactors: Vec<Reactor>) -> Result<Self, String> {
         let addr = params.addr()?;
+        let rx: Arc<dyn RxDriver> = Arc::new(ReactorRx {
+            reactors,
+            next: AtomicUsize::new(0),
+        });
         let opts = ConnectOptions {
             hdgst: params.hdgst,
             ddgst: params.ddgst,
             reconnect: params.reconnect()?,
+            rx: Some(rx),
             ..ConnectOptions::default()
         };
         let hostnqn = params.hostnqn.clone().unwrap_or_else(|| {
