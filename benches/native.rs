@@ -7,6 +7,8 @@
 //!    read/write: the primary (whose remote leg is a second native node's ingress), the
 //!    secondary's top and ingress, against a plain RAM disk exported by the same target.
 //!    (With SPDK installed, `benches/bdevperf/run.py` compares against the SPDK host.)
+//! 3. Copy-before-write: what an ingress write whose cluster is armed costs over the same
+//!    write once its cluster is copied, per `cow_granularity`, at QD1 on one reactor.
 
 mod common;
 
@@ -46,7 +48,91 @@ fn bdev_iops(n: &NativeNode, name: &str, write: bool, d: Duration) -> f64 {
     .expect("app")
 }
 
+/// Time per 4 KiB ingress write at QD1, each to another random cluster of `name`, first
+/// with every cluster armed (right after a checkpoint) and then again with the same
+/// writes, their clusters now copied; median over batches, in µs.
+fn cow_cost(n: &NativeNode, name: &str, gran: u64, batches: usize) -> (f64, f64) {
+    let per_cluster = gran / BS;
+    let clusters = BLOCKS / per_cluster;
+    let (mut armed, mut done) = (Vec::new(), Vec::new());
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for _ in 0..batches {
+        ok(n, "bdev_replication_checkpoint", json!({"name": name}));
+        // Distinct clusters, so every write of the first pass copies one.
+        let mut picked: Vec<u64> = (0..256).map(|_| rng.next() % clusters).collect();
+        picked.sort_unstable();
+        picked.dedup();
+        let lbas: Vec<u64> = picked
+            .iter()
+            .map(|c| c * per_cluster + rng.next() % per_cluster)
+            .collect();
+        let ing = format!("{name}_ingress");
+        let (a, b) = n
+            .with_app(move |app| async move {
+                let ex = app.exported(&ing).expect("ingress bdev");
+                let pass = || {
+                    let ex = ex.clone();
+                    let lbas = lbas.clone();
+                    async move {
+                        let t = Instant::now();
+                        for &lba in &lbas {
+                            let data = vec![0x5A; BS as usize];
+                            ex.run(BlockOp::Write { lba, data }).await.expect("I/O");
+                        }
+                        t.elapsed().as_secs_f64() * 1e6 / lbas.len() as f64
+                    }
+                };
+                let a = pass().await;
+                (a, pass().await)
+            })
+            .expect("app");
+        armed.push(a);
+        done.push(b);
+    }
+    (median_spread(armed).0, median_spread(done).0)
+}
+
+fn cow_section(rounds: usize) {
+    let n = NativeNode::start(&[0], ".".into()).unwrap();
+    println!(
+        "copy-before-write, 4 KiB ingress writes at QD1, one reactor, RAM disks (median of {rounds} batches of 256):"
+    );
+    println!("  granularity   armed us/write   copied us/write   added us");
+    for gran in [4096u64, 16 << 10, 64 << 10, 256 << 10] {
+        let name = format!("cow{}k", gran >> 10);
+        for b in ["base", "hidden", "active"] {
+            ok(
+                &n,
+                "bdev_malloc_create",
+                json!({"name": format!("{name}_{b}"), "num_blocks": BLOCKS, "block_size": BS}),
+            );
+        }
+        ok(
+            &n,
+            "bdev_replication_create",
+            json!({"name": name, "mode": "secondary", "base_bdev": format!("{name}_base"),
+                   "hidden_bdev": format!("{name}_hidden"), "active_bdev": format!("{name}_active"),
+                   "cow_granularity": gran}),
+        );
+        ok(
+            &n,
+            "bdev_replication_start",
+            json!({"name": name, "mode": "secondary"}),
+        );
+        let (a, c) = cow_cost(&n, &name, gran, rounds);
+        println!(
+            "  {:>7} KiB   {a:>14.2}   {c:>15.2}   {:>8.2}",
+            gran >> 10,
+            a - c
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--cow") {
+        cow_section(rounds().max(5));
+        return;
+    }
     let d = Duration::from_secs_f64(secs());
     let sec = common::secondary_node(0, BLOCKS);
     ok(
@@ -166,4 +252,6 @@ fn main() {
             }
         }
     }
+    drop((pri, sec));
+    cow_section(rounds().max(5));
 }

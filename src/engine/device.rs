@@ -49,8 +49,9 @@ pub trait BlockDevice: 'static {
     type Buf: IoBuf;
     fn block_size(&self) -> u32;
     fn num_blocks(&self) -> u64;
-    /// A buffer suitable for I/O to this device (DMA-able memory on SPDK);
-    /// `Err(NoMem)` when none can be had now (the host retries the request later).
+    /// A buffer suitable for I/O to this device (DMA-able memory on SPDK), its contents
+    /// unspecified: callers fill it before reading it. `Err(NoMem)` when none can be had
+    /// now (the host retries the request later).
     fn alloc_buf(&self, len: usize) -> Result<Self::Buf, IoError>;
     fn read(&self, lba: u64, buf: Self::Buf) -> impl Future<Output = Result<(), IoError>>;
     fn write(&self, lba: u64, buf: Self::Buf) -> impl Future<Output = Result<(), IoError>>;

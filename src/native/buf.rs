@@ -13,13 +13,64 @@ pub const ALIGN: usize = 4096;
 struct Aligned {
     ptr: *mut u8,
     layout: Layout,
+    /// Given back to this thread's pool on drop.
+    pooled: bool,
 }
 
 impl Drop for Aligned {
     fn drop(&mut self) {
-        // SAFETY: allocated in `NativeBuf::alloc` with this layout.
+        if self.pooled && pool_put(self.ptr, self.layout) {
+            return;
+        }
+        // SAFETY: allocated in `NativeBuf::alloc*` with this layout.
         unsafe { std::alloc::dealloc(self.ptr, self.layout) }
     }
+}
+
+/// Buffers of [`NativeBuf::alloc_uninit`] a thread keeps for reuse: copy-before-write,
+/// merge and sync allocate one cluster-sized buffer per copy, and the allocator (with the
+/// zeroing `alloc` does) was most of a copy's fixed cost. Bounded per thread.
+const POOL_BUFS: usize = 64;
+const POOL_MAX_LEN: usize = 1 << 20;
+
+struct Pool(Vec<(*mut u8, Layout)>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for &(ptr, layout) in &self.0 {
+            // SAFETY: each entry was allocated with its layout and is owned by the pool.
+            unsafe { std::alloc::dealloc(ptr, layout) }
+        }
+    }
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Pool> = const { std::cell::RefCell::new(Pool(Vec::new())) };
+}
+
+/// Keeps `ptr` for reuse on this thread; false when the pool is full (or going away).
+fn pool_put(ptr: *mut u8, layout: Layout) -> bool {
+    if layout.size() > POOL_MAX_LEN {
+        return false;
+    }
+    POOL.try_with(|p| match p.try_borrow_mut() {
+        Ok(mut p) if p.0.len() < POOL_BUFS => {
+            p.0.push((ptr, layout));
+            true
+        }
+        _ => false,
+    })
+    .unwrap_or(false)
+}
+
+fn pool_take(layout: Layout) -> Option<*mut u8> {
+    POOL.try_with(|p| {
+        let mut p = p.try_borrow_mut().ok()?;
+        let i = p.0.iter().rposition(|&(_, l)| l == layout)?;
+        Some(p.0.swap_remove(i).0)
+    })
+    .ok()
+    .flatten()
 }
 
 enum Mem {
@@ -58,11 +109,35 @@ impl NativeBuf {
         if ptr.is_null() {
             return None;
         }
-        Some(Self {
-            mem: Arc::new(Mem::Aligned(Aligned { ptr, layout })),
+        Some(Self::aligned(ptr, layout, len, false))
+    }
+
+    /// Page-aligned memory whose contents are unspecified (often a buffer this thread used
+    /// before), for callers that fill it before reading it: the engine's copies, as with
+    /// SPDK's DMA buffers. `None` when the allocator refuses.
+    pub fn alloc_uninit(len: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(len.max(1), ALIGN).ok()?;
+        let ptr = match pool_take(layout) {
+            Some(p) => p,
+            // SAFETY: non-zero size.
+            None => unsafe { std::alloc::alloc(layout) },
+        };
+        if ptr.is_null() {
+            return None;
+        }
+        Some(Self::aligned(ptr, layout, len, true))
+    }
+
+    fn aligned(ptr: *mut u8, layout: Layout, len: usize, pooled: bool) -> Self {
+        Self {
+            mem: Arc::new(Mem::Aligned(Aligned {
+                ptr,
+                layout,
+                pooled,
+            })),
             off: 0,
             len,
-        })
+        }
     }
 
     /// Adopts a transport's buffer (a write's data, or a read's destination) without copying.
@@ -184,5 +259,31 @@ mod tests {
         let v = b.clone().into_vec();
         assert!(v[ALIGN..2 * ALIGN].iter().all(|&x| x == 9));
         assert!(v[..ALIGN].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn uninit_buffers_are_reused_per_thread_and_bounded() {
+        let b = NativeBuf::alloc_uninit(16 * 1024).unwrap();
+        assert!(b.is_aligned());
+        let p = b.as_ptr();
+        drop(b.slice(0, 4096)); // a slice alone does not give the memory back
+        drop(b);
+        let again = NativeBuf::alloc_uninit(16 * 1024).unwrap();
+        assert_eq!(
+            again.as_ptr(),
+            p,
+            "the dropped buffer serves the next allocation"
+        );
+        // Another size does not take it; zeroed allocations never use the pool.
+        assert_ne!(NativeBuf::alloc_uninit(8 * 1024).unwrap().as_ptr(), p);
+        drop(again);
+        let z = NativeBuf::alloc(16 * 1024).unwrap();
+        assert!(z.into_vec().iter().all(|&x| x == 0));
+        // The pool keeps at most POOL_BUFS buffers.
+        let many: Vec<_> = (0..POOL_BUFS + 8)
+            .map(|_| NativeBuf::alloc_uninit(4096).unwrap())
+            .collect();
+        drop(many);
+        assert!(POOL.with(|p| p.borrow().0.len()) <= POOL_BUFS);
     }
 }

@@ -55,15 +55,19 @@ impl<D: BlockDevice> Secondary<D> {
             }
             IngressWritePlan::Direct => {}
             IngressWritePlan::Cow => {
-                // Clusters copy concurrently; each copy holds only its own cluster lock,
-                // so no ordering between writers can deadlock. Every copy runs to its end
-                // even when a sibling failed: its device I/O uses its buffer until then.
-                let copies = self
-                    .geo
-                    .clusters_of(lba, n)
-                    .map(|c| self.copy_before_write(c));
-                let results = futures::future::join_all(copies).await;
-                results.into_iter().collect::<Result<Vec<()>, IoError>>()?;
+                let clusters = self.geo.clusters_of(lba, n);
+                if clusters.end - clusters.start == 1 {
+                    // The usual case (a write within one cluster): no join to allocate.
+                    self.copy_before_write(clusters.start).await?;
+                } else {
+                    // Clusters copy concurrently; each copy holds only its own cluster
+                    // lock, so no ordering between writers can deadlock. Every copy runs
+                    // to its end even when a sibling failed: its device I/O uses its
+                    // buffer until then.
+                    let copies = clusters.map(|c| self.copy_before_write(c));
+                    let results = futures::future::join_all(copies).await;
+                    results.into_iter().collect::<Result<Vec<()>, IoError>>()?;
+                }
             }
         }
         op.issue(&self.base, lba).await

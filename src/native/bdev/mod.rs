@@ -104,7 +104,7 @@ impl BlockDevice for Dev {
     }
 
     fn alloc_buf(&self, len: usize) -> Result<NativeBuf, IoError> {
-        NativeBuf::alloc(len).ok_or(IoError::NoMem)
+        NativeBuf::alloc_uninit(len).ok_or(IoError::NoMem)
     }
 
     async fn read(&self, lba: u64, buf: NativeBuf) -> Result<(), IoError> {
