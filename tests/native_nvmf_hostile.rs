@@ -5,189 +5,22 @@
 //! nothing panics the reactor, memory stays bounded, and a good host on the same reactor
 //! keeps reading back exactly what it wrote.
 
-use nvmf::nvme::{Cqe, Sgl, Sqe, cmd::io};
-use nvmf::pdu::{self, Fes, Pdu, R2T, fei};
+use nvmf::nvme::Cqe;
+use nvmf::pdu::{self, Fes, Pdu, R2T};
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 mod hostile;
-use hostile::raw::{ic_req, io_prefix, read_cmd, wire, write_cmd};
+use hostile::raw::{io_prefix, named_bad_inputs, read_cmd, wire, write_cmd};
 use hostile::*;
-
-/// A named hostile input: what follows the valid prefix, the digests negotiated, and the
-/// FES (and FEI where the spec fixes one) the TermReq must carry.
-type Case = (&'static str, fn(&mut Vec<u8>), bool, bool, Fes, Option<u32>);
-
-/// The named hostile inputs of issue 7, each after a valid I/O-queue prefix (ICReq,
-/// Connect), with the FES (and FEI where the spec fixes one) the TermReq must carry.
-fn cases() -> Vec<Case> {
-    vec![
-        (
-            "bad header length",
-            |b| {
-                let at = b.len();
-                read_cmd(b, &wire(false, false), 5, 0, 1);
-                b[at + 2] = 71;
-            },
-            false,
-            false,
-            Fes::InvalidHeaderField,
-            Some(fei::HLEN),
-        ),
-        (
-            "bad PDU length",
-            |b| {
-                let at = b.len();
-                read_cmd(b, &wire(false, false), 5, 0, 1);
-                b[at + 4..at + 8].copy_from_slice(&10u32.to_le_bytes());
-            },
-            false,
-            false,
-            Fes::InvalidHeaderField,
-            Some(fei::PLEN),
-        ),
-        (
-            "unknown PDU type",
-            |b| b.extend_from_slice(&[0x7F, 0, 24, 0, 24, 0, 0, 0]),
-            false,
-            false,
-            Fes::InvalidHeaderField,
-            Some(fei::TYPE),
-        ),
-        (
-            "ICResp from a host",
-            |b| b.extend_from_slice(&[1, 0, 24, 0, 24, 0, 0, 0]),
-            false,
-            false,
-            Fes::InvalidHeaderField,
-            Some(fei::TYPE),
-        ),
-        (
-            "bad header digest",
-            |b| {
-                read_cmd(b, &wire(true, false), 5, 0, 1);
-                let n = b.len();
-                b[n - 1] ^= 0xFF;
-            },
-            true,
-            false,
-            Fes::HeaderDigestError,
-            None,
-        ),
-        (
-            "bad data digest",
-            |b| {
-                write_cmd(b, &wire(false, true), 5, 0, 1, Some(&[0x5A; 512]));
-                let n = b.len();
-                b[n - 1] ^= 0x01;
-            },
-            false,
-            true,
-            Fes::HeaderDigestError,
-            None,
-        ),
-        (
-            "digest flag not negotiated",
-            |b| read_cmd(b, &wire(true, false), 5, 0, 1),
-            false,
-            false,
-            Fes::InvalidHeaderField,
-            Some(fei::FLAGS),
-        ),
-        (
-            "in-capsule data beyond the command",
-            |b| {
-                let mut s = Sqe::new(io::WRITE);
-                s.cid = 5;
-                s.nsid = 1;
-                s.dptr = Sgl::in_capsule(512);
-                pdu::encode_capsule_cmd(b, &s.encode(), &[1u8; 1024], &wire(false, false));
-            },
-            false,
-            false,
-            Fes::DataOutOfRange,
-            None,
-        ),
-        (
-            "H2CData beyond the command",
-            |b| {
-                let w = wire(false, false);
-                write_cmd(b, &w, 5, 0, 2, None);
-                pdu::encode_h2c_data(b, 5, 1, 0, &[2u8; 1536], true, &w);
-            },
-            false,
-            false,
-            Fes::DataOutOfRange,
-            Some(fei::DATAL),
-        ),
-        (
-            "out-of-order H2CData",
-            |b| {
-                let w = wire(false, false);
-                write_cmd(b, &w, 5, 0, 4, None);
-                pdu::encode_h2c_data(b, 5, 1, 0, &[2u8; 512], false, &w);
-                pdu::encode_h2c_data(b, 5, 1, 1024, &[2u8; 512], false, &w);
-            },
-            false,
-            false,
-            Fes::DataOutOfRange,
-            Some(fei::DATAO),
-        ),
-        (
-            "H2CData for no R2T",
-            |b| pdu::encode_h2c_data(b, 77, 1, 0, &[2u8; 512], true, &wire(false, false)),
-            false,
-            false,
-            Fes::UnsupportedParameter,
-            Some(fei::CCCID),
-        ),
-        (
-            "oversize in-capsule data, refused from the header",
-            |b| {
-                b.extend_from_slice(&[4, 0, 72, 72]);
-                b.extend_from_slice(&(72u32 + (1 << 20)).to_le_bytes());
-            },
-            false,
-            false,
-            Fes::DataLimitExceeded,
-            None,
-        ),
-        (
-            "in-capsule data just above the limit",
-            |b| write_cmd(b, &wire(false, false), 5, 0, 9, Some(&[1u8; 4608])),
-            false,
-            false,
-            Fes::DataLimitExceeded,
-            None,
-        ),
-        (
-            "huge H2CData, refused from the header",
-            |b| {
-                b.extend_from_slice(&[6, 0, 24, 24]);
-                b.extend_from_slice(&u32::MAX.to_le_bytes());
-            },
-            false,
-            false,
-            Fes::DataLimitExceeded,
-            None,
-        ),
-        (
-            "a second ICReq",
-            |b| ic_req(b, false, false),
-            false,
-            false,
-            Fes::PduSequenceError,
-            None,
-        ),
-    ]
-}
 
 #[test]
 fn each_named_bad_input_ends_only_its_connection() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut bed = Bed::new();
-    for (i, (name, bad, hdgst, ddgst, fes, want_fei)) in cases().into_iter().enumerate() {
+    for (i, (name, bad, hdgst, ddgst, fes, want_fei)) in named_bad_inputs().into_iter().enumerate()
+    {
         let mut s = TcpStream::connect(bed.addr()).unwrap();
         let mut b = io_prefix(bed.cntlid, hdgst, ddgst);
         bad(&mut b);

@@ -5,29 +5,17 @@
 use nvmf::driver::{ConnectOptions, Controller};
 use nvmf::nvme::Cqe;
 use nvmf::pdu::{Decoder, DecoderCfg, Pdu};
-use nvmf::target::{NamespaceConfig, RamBackend, SubsystemConfig, Target, TargetConfig};
 use spdk_replication::native::nvmf_tcp::ReactorServer;
 use spdk_replication::native::reactor::Reactors;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const NQN: &str = "nqn.2024-01.io.spdk-replication:test";
-pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
-
-/// What `raw` builds its targets with.
-pub fn target(cfg: TargetConfig, block_size: u32, blocks: u64, vwc: bool) -> Arc<Target> {
-    let t = Target::new(cfg);
-    let be = Arc::new(RamBackend::new(block_size, blocks).with_write_cache(vwc));
-    t.add_subsystem(SubsystemConfig::new(NQN).namespace(NamespaceConfig::new(1, be)))
-        .unwrap();
-    t
-}
-
-/// The raw PDU builders shared with the `nvmf` crate's hostile-input tests.
-#[path = "../../nvmf/tests/common/raw.rs"]
-pub mod raw;
+/// The `nvmf` crate's test helpers: its RAM target, patterns and raw PDU builders.
+#[path = "../../nvmf/tests/common/mod.rs"]
+pub mod common;
+pub use common::{HOSTNQN, NQN, pattern, raw};
 use raw::{enable, ic_req, small_target, wire};
 
 pub const BS: usize = 512;
@@ -191,19 +179,6 @@ impl RawRx {
         );
         pdus
     }
-}
-
-/// Deterministic bytes that differ per offset and seed.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 pub fn term_of(pdus: &[Pdu]) -> Option<(u16, u32)> {
