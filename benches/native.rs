@@ -48,13 +48,22 @@ fn bdev_iops(n: &NativeNode, name: &str, write: bool, d: Duration) -> f64 {
     .expect("app")
 }
 
-/// Time per 4 KiB ingress write at QD1, each to another random cluster of `name`, first
-/// with every cluster armed (right after a checkpoint) and then again with the same
-/// writes, their clusters now copied; median over batches, in µs.
-fn cow_cost(n: &NativeNode, name: &str, gran: u64, batches: usize) -> (f64, f64) {
+/// One batch's figures, µs: an armed write, the same write once copied, and the two I/Os
+/// a copy makes (a cluster read, then written, on a plain RAM disk of the same reactor).
+struct CowBatch {
+    armed: f64,
+    copied: f64,
+    io: f64,
+}
+
+/// Per batch: time per 4 KiB ingress write at QD1, each to another random cluster of
+/// `name`, first with every cluster armed (right after a checkpoint), then the same writes
+/// with their clusters copied; then a read and a write of one whole cluster on `io_disk`
+/// at each of those clusters, the device work one copy needs.
+fn cow_cost(n: &NativeNode, name: &str, io_disk: &str, gran: u64, batches: usize) -> Vec<CowBatch> {
     let per_cluster = gran / BS;
     let clusters = BLOCKS / per_cluster;
-    let (mut armed, mut done) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     for _ in 0..batches {
         ok(n, "bdev_replication_checkpoint", json!({"name": name}));
@@ -67,7 +76,8 @@ fn cow_cost(n: &NativeNode, name: &str, gran: u64, batches: usize) -> (f64, f64)
             .map(|c| c * per_cluster + rng.next() % per_cluster)
             .collect();
         let ing = format!("{name}_ingress");
-        let (a, b) = n
+        let io_disk = io_disk.to_owned();
+        let batch = n
             .with_app(move |app| async move {
                 let ex = app.exported(&ing).expect("ingress bdev");
                 let pass = || {
@@ -82,22 +92,41 @@ fn cow_cost(n: &NativeNode, name: &str, gran: u64, batches: usize) -> (f64, f64)
                         t.elapsed().as_secs_f64() * 1e6 / lbas.len() as f64
                     }
                 };
-                let a = pass().await;
-                (a, pass().await)
+                let armed = pass().await;
+                let copied = pass().await;
+                let disk = app.exported(&io_disk).expect("copy I/O disk");
+                let t = Instant::now();
+                for &c in &picked {
+                    let lba = c * per_cluster;
+                    let nblocks = per_cluster;
+                    let data = disk.run(BlockOp::Read { lba, nblocks }).await.expect("I/O");
+                    disk.run(BlockOp::Write { lba, data }).await.expect("I/O");
+                }
+                let io = t.elapsed().as_secs_f64() * 1e6 / picked.len() as f64;
+                CowBatch { armed, copied, io }
             })
             .expect("app");
-        armed.push(a);
-        done.push(b);
+        out.push(batch);
     }
-    (median_spread(armed).0, median_spread(done).0)
+    out
 }
 
 fn cow_section(rounds: usize) {
     let n = NativeNode::start(&[0], ".".into()).unwrap();
-    println!(
-        "copy-before-write, 4 KiB ingress writes at QD1, one reactor, RAM disks (median of {rounds} batches of 256):"
+    ok(
+        &n,
+        "bdev_malloc_create",
+        json!({"name": "cow_io", "num_blocks": BLOCKS, "block_size": BS}),
     );
-    println!("  granularity   armed us/write   copied us/write   added us");
+    println!(
+        "copy-before-write, 4 KiB ingress writes at QD1, one reactor, RAM disks (median of {rounds} batches of 256; spread = (max-min)/median):"
+    );
+    println!(
+        "  added = armed - copied; I/Os = a read and a write of one cluster on a RAM disk; fixed = added - I/Os"
+    );
+    println!(
+        "  granularity   armed us/write   copied us/write   added us (spread)   I/Os us   fixed us (spread)"
+    );
     for gran in [4096u64, 16 << 10, 64 << 10, 256 << 10] {
         let name = format!("cow{}k", gran >> 10);
         for b in ["base", "hidden", "active"] {
@@ -119,11 +148,18 @@ fn cow_section(rounds: usize) {
             "bdev_replication_start",
             json!({"name": name, "mode": "secondary"}),
         );
-        let (a, c) = cow_cost(&n, &name, gran, rounds);
+        let b = cow_cost(&n, &name, "cow_io", gran, rounds);
+        let med = |f: &dyn Fn(&CowBatch) -> f64| median_spread(b.iter().map(f).collect());
+        let (a, _) = med(&|x| x.armed);
+        let (c, _) = med(&|x| x.copied);
+        let (added, added_sp) = med(&|x| x.armed - x.copied);
+        let (io, _) = med(&|x| x.io);
+        let (fixed, fixed_sp) = med(&|x| x.armed - x.copied - x.io);
         println!(
-            "  {:>7} KiB   {a:>14.2}   {c:>15.2}   {:>8.2}",
+            "  {:>7} KiB   {a:>14.2}   {c:>15.2}   {added:>8.2} ({:>4.0}%)   {io:>7.2}   {fixed:>8.2} ({:>4.0}%)",
             gran >> 10,
-            a - c
+            added_sp * 100.0,
+            fixed_sp * 100.0
         );
     }
 }

@@ -22,7 +22,8 @@ checked empty; ingress: the pass is its COW prefill).
 
 `--cow-sweep` instead measures the ingress at several COW granularities: 4 KiB random and
 128 KiB sequential writes, with COW armed (checkpoints keep re-arming it during the run)
-and with COW done, next to passthru.
+and with COW done, next to passthru, and what one copy costs beyond the two I/Os it makes
+(a plain malloc's random read and write of one cluster).
 
 Python 3.11, stdlib only. See README.md next to this file.
 """
@@ -575,6 +576,12 @@ SWEEP_WORKLOADS = (("rand4k", "4 KiB random write", "randwrite", 4096),
                    ("seq128k", "128 KiB sequential write", "write", 131072))
 
 
+# The baseline for a copy's cost: the two I/Os a copy-before-write makes (read a cluster
+# of base, write it to hidden), as bdevperf's own random reads and writes of one cluster
+# on a malloc like those, measured in the same round.
+COPY_IO = Setup("copyio", "malloc (a copy's I/Os)", "m0", [malloc("m0")])
+
+
 def sweep_setup(gran: int) -> Setup:
     return Setup(f"cow{gran}", f"ingress, COW {gran // 1024} KiB", "sec_ingress", [
         malloc("base"), malloc("hidden"), malloc("active"),
@@ -637,6 +644,25 @@ def sweep_run(bp: Bdevperf, workload: str, io_size: int, qd: int,
     return r
 
 
+def measure_copy_io(env: Env, grans: list[int], tag: str) -> dict:
+    """One bdevperf process on a plain malloc: per granularity, random reads and random
+    writes of one cluster (QD as the sweep). Written all over first, so reads do not map
+    the kernel's zero page."""
+    bp = Bdevperf(env, COPY_IO, tag)
+    out: dict = {"copy_io": {}}
+    try:
+        bp.wait_ready()
+        out["warmup"] = bp.write_pass("malloc m0")
+        for g in grans:
+            out["copy_io"][str(g)] = {
+                wl: {k: j[k] for k in ("iops", "reactor_cpu_share", "steal_share")}
+                for wl in ("randread", "randwrite")
+                for j in [bp.perform(wl, env.secs, g, env.qd)]}
+    finally:
+        bp.close()
+    return out
+
+
 def measure_sweep(env: Env, setup: Setup, gran: int | None, tag: str, ckpt_ms: float,
                   seq_qd: int) -> dict:
     """One bdevperf process: warm up, then each workload with COW armed and COW done
@@ -687,13 +713,22 @@ def measure_sweep(env: Env, setup: Setup, gran: int | None, tag: str, ckpt_ms: f
 
 
 def sweep_runs(out: dict) -> list[dict]:
+    if "copy_io" in out:
+        return [r for per in out["copy_io"].values() for r in per.values()]
     return [r for key, *_ in SWEEP_WORKLOADS for r in out[key].values()]
+
+
+def spread(vals: list[float]) -> float:
+    """(max - min) / median: how far apart the rounds are."""
+    m = statistics.median(vals)
+    return (max(vals) - min(vals)) / abs(m) if m else 0.0
 
 
 def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> int:
     grans = a.granularities
     setups: list[tuple[str, Setup, int | None]] = [("passthru", SETUPS["passthru"], None)]
     setups += [(str(g), sweep_setup(g), g) for g in grans]
+    setups.append(("copyio", COPY_IO, None))
     ck = (f"checkpoint every {a.ckpt_ms:g} ms during armed runs" if a.ckpt_ms > 0
           else "one checkpoint before each armed run")
     log(f"COW sweep: bdevperf {bdevperf}, module {module}, {a.time} s x {a.repeat} per run, "
@@ -704,11 +739,16 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
     for rep in range(a.repeat):
         for key, setup, gran in setups:
             for attempt in range(a.retries + 1):
-                out = measure_sweep(env, setup, gran, f"{setup.key}-{rep}.{attempt}",
-                                    a.ckpt_ms, a.seq_qd)
+                tag = f"{setup.key}-{rep}.{attempt}"
+                out = (measure_copy_io(env, grans, tag) if setup is COPY_IO
+                       else measure_sweep(env, setup, gran, tag, a.ckpt_ms, a.seq_qd))
                 bad = any(disturbed_run(r) for r in sweep_runs(out))
                 parts = []
-                for wk, _, wl, io in SWEEP_WORKLOADS:
+                if setup is COPY_IO:
+                    parts = [f"{int(g) // 1024} KiB read {p['randread']['iops']:,.0f} / "
+                             f"write {p['randwrite']['iops']:,.0f} IOPS"
+                             for g, p in out["copy_io"].items()]
+                for wk, _, wl, io in (() if setup is COPY_IO else SWEEP_WORKLOADS):
                     for phase, r in out[wk].items():
                         v = (f"{r['iops']:,.0f} IOPS" if wl == "randwrite"
                              else f"{r['mibps']:,.0f} MiB/s")
@@ -731,6 +771,8 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
 
     summary: dict[str, dict] = {}
     for key, _, _ in setups:
+        if key == "copyio":
+            continue
         summary[key] = {}
         for wk, *_ in SWEEP_WORKLOADS:
             phases = ("plain",) if key == "passthru" else ("armed", "done")
@@ -763,6 +805,8 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
         print(hdr)
         print("-" * len(hdr))
         for key, _, _ in setups:
+            if key == "copyio":
+                continue
             s = summary[key][wk]
             if key == "passthru":
                 print(f"{gl[key]:11} {'-':>12} {s['plain'][metric]:12,.0f}")
@@ -788,7 +832,37 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
         q = 1e6 / summary[str(g)]["seq128k"]["armed"]["iops"]
         print(f"{gl[str(g)]:11} {r:8.2f} {q:9.2f} {(r + q) / 2:8.2f} {(3 * r + q) / 4:8.2f}")
 
-    disturbed = [(SETUPS["passthru"].label if key == "passthru" else gl[key], r)
+    # Per round (each round measures every process once, so the rounds pair up): what a
+    # copy adds to the 4 KiB random writes, the two I/Os it makes, and the rest.
+    print()
+    print("per copy, 4 KiB random writes (us; median over rounds, spread = (max-min)/median):"
+          " added = the armed write's extra time per cluster copied; I/Os = a random read"
+          " plus a random write of one cluster on malloc (bdevperf, same round);"
+          " fixed = added - I/Os")
+    hdr = (f"{'granularity':11} {'added':>7} {'spread':>6} {'I/Os':>7} {'spread':>6} "
+           f"{'fixed':>7} {'spread':>6}")
+    print(hdr)
+    print("-" * len(hdr))
+    copy_cost: dict[str, dict] = {}
+    for g in grans:
+        added, ios = [], []
+        for o, c in zip(runs[str(g)], runs["copyio"]):
+            ar, dn = o["rand4k"]["armed"], o["rand4k"]["done"]
+            if not ar["copies_per_write"]:
+                continue
+            added.append((1e6 / ar["iops"] - 1e6 / dn["iops"]) / ar["copies_per_write"])
+            p = c["copy_io"][str(g)]
+            ios.append(1e6 / p["randread"]["iops"] + 1e6 / p["randwrite"]["iops"])
+        if not added:
+            continue
+        fixed = [x - y for x, y in zip(added, ios)]
+        copy_cost[str(g)] = {"added_us": added, "io_us": ios, "fixed_us": fixed}
+        print(f"{gl[str(g)]:11} {statistics.median(added):7.2f} {spread(added):6.0%} "
+              f"{statistics.median(ios):7.2f} {spread(ios):6.0%} "
+              f"{statistics.median(fixed):7.2f} {spread(fixed):6.0%}")
+
+    disturbed = [(SETUPS["passthru"].label if key == "passthru"
+                  else COPY_IO.label if key == "copyio" else gl[key], r)
                  for key, outs in runs.items() for o in outs for r in sweep_runs(o)
                  if disturbed_run(r)]
     low = [(gl[str(g)], wk, summary[str(g)][wk]["armed"]["copied_share"])
@@ -811,7 +885,8 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
                "block_size": BLOCK, "granularities": list(grans),
                "workloads": {wk: {"workload": wl, "io_size": io}
                              for wk, _, wl, io in SWEEP_WORKLOADS},
-               "median": summary, "runs": runs, "disturbed_runs": len(disturbed)}
+               "median": summary, "copy_cost": copy_cost, "runs": runs,
+               "disturbed_runs": len(disturbed)}
         a.json_out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -234,7 +234,57 @@ impl SpdkDev {
     }
 }
 
-type Submit = Box<dyn Fn(*mut s::spdk_bdev_desc, *mut s::spdk_io_channel, *mut c_void) -> i32>;
+/// What an operation submits: a plain value, not a boxed closure, so an operation costs
+/// one allocation (its shared state) rather than two.
+enum Submit {
+    Read(SpdkBuf, u64),
+    Write(SpdkBuf, u64),
+    WriteZeroes(u64, u64),
+    Unmap(u64, u64),
+    Flush(u64),
+}
+
+impl Submit {
+    /// # Safety
+    /// `desc` open, `ch` its channel on this thread, `arg` the completion's reference.
+    unsafe fn issue(
+        &self,
+        desc: *mut s::spdk_bdev_desc,
+        ch: *mut s::spdk_io_channel,
+        block_size: u32,
+        arg: *mut c_void,
+    ) -> i32 {
+        let blocks = |buf: &SpdkBuf| buf.len() as u64 / u64::from(block_size);
+        // SAFETY: per the contract above; buffers live in `self` until the completion.
+        unsafe {
+            match self {
+                Submit::Read(buf, lba) => s::spdk_bdev_read_blocks(
+                    desc,
+                    ch,
+                    buf.as_ptr().cast(),
+                    *lba,
+                    blocks(buf),
+                    CB,
+                    arg,
+                ),
+                Submit::Write(buf, lba) => s::spdk_bdev_write_blocks(
+                    desc,
+                    ch,
+                    buf.as_ptr().cast(),
+                    *lba,
+                    blocks(buf),
+                    CB,
+                    arg,
+                ),
+                Submit::WriteZeroes(lba, n) => {
+                    s::spdk_bdev_write_zeroes_blocks(desc, ch, *lba, *n, CB, arg)
+                }
+                Submit::Unmap(lba, n) => s::spdk_bdev_unmap_blocks(desc, ch, *lba, *n, CB, arg),
+                Submit::Flush(n) => s::spdk_bdev_flush_blocks(desc, ch, 0, *n, CB, arg),
+            }
+        }
+    }
+}
 
 struct OpState {
     dev: SpdkDev,
@@ -275,7 +325,11 @@ impl OpState {
             self.ch.set(ch);
         }
         let arg = Rc::into_raw(self.clone()) as *mut c_void;
-        let rc = (self.submit)(desc, self.ch.get(), arg);
+        // SAFETY: open descriptor, this thread's channel, `arg` owned by the completion.
+        let rc = unsafe {
+            self.submit
+                .issue(desc, self.ch.get(), self.dev.0.block_size, arg)
+        };
         if rc == 0 {
             return;
         }
@@ -310,7 +364,7 @@ unsafe extern "C" fn op_done(bdev_io: *mut s::spdk_bdev_io, success: bool, arg: 
     unsafe {
         s::spdk_bdev_free_io(bdev_io);
         let st = Rc::from_raw(arg as *const OpState);
-        st.finish(success);
+        super::exec::completing(|| st.finish(success));
     }
 }
 
@@ -356,31 +410,18 @@ impl BlockDevice for SpdkDev {
         unsafe { s::spdk_bdev_io_type_supported(self.0.bdev, s::SPDK_BDEV_IO_TYPE_FLUSH) }
     }
     fn read(&self, lba: u64, buf: SpdkBuf) -> impl Future<Output = Result<(), IoError>> {
-        let n = buf.len() as u64 / u64::from(self.0.block_size);
-        self.op(Box::new(move |d, ch, arg| unsafe {
-            s::spdk_bdev_read_blocks(d, ch, buf.as_ptr().cast(), lba, n, CB, arg)
-        }))
+        self.op(Submit::Read(buf, lba))
     }
     fn write(&self, lba: u64, buf: SpdkBuf) -> impl Future<Output = Result<(), IoError>> {
-        let n = buf.len() as u64 / u64::from(self.0.block_size);
-        self.op(Box::new(move |d, ch, arg| unsafe {
-            s::spdk_bdev_write_blocks(d, ch, buf.as_ptr().cast(), lba, n, CB, arg)
-        }))
+        self.op(Submit::Write(buf, lba))
     }
     fn write_zeroes(&self, lba: u64, n: u64) -> impl Future<Output = Result<(), IoError>> {
-        self.op(Box::new(move |d, ch, arg| unsafe {
-            s::spdk_bdev_write_zeroes_blocks(d, ch, lba, n, CB, arg)
-        }))
+        self.op(Submit::WriteZeroes(lba, n))
     }
     fn unmap(&self, lba: u64, n: u64) -> impl Future<Output = Result<(), IoError>> {
-        self.op(Box::new(move |d, ch, arg| unsafe {
-            s::spdk_bdev_unmap_blocks(d, ch, lba, n, CB, arg)
-        }))
+        self.op(Submit::Unmap(lba, n))
     }
     fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
-        let n = self.0.num_blocks;
-        self.op(Box::new(move |d, ch, arg| unsafe {
-            s::spdk_bdev_flush_blocks(d, ch, 0, n, CB, arg)
-        }))
+        self.op(Submit::Flush(self.0.num_blocks))
     }
 }
