@@ -258,24 +258,14 @@ impl Submit {
         // SAFETY: per the contract above; buffers live in `self` until the completion.
         unsafe {
             match self {
-                Submit::Read(buf, lba) => s::spdk_bdev_read_blocks(
-                    desc,
-                    ch,
-                    buf.as_ptr().cast(),
-                    *lba,
-                    blocks(buf),
-                    CB,
-                    arg,
-                ),
-                Submit::Write(buf, lba) => s::spdk_bdev_write_blocks(
-                    desc,
-                    ch,
-                    buf.as_ptr().cast(),
-                    *lba,
-                    blocks(buf),
-                    CB,
-                    arg,
-                ),
+                Submit::Read(buf, lba) | Submit::Write(buf, lba) => {
+                    let rw = if matches!(self, Submit::Read(..)) {
+                        s::spdk_bdev_read_blocks
+                    } else {
+                        s::spdk_bdev_write_blocks
+                    };
+                    rw(desc, ch, buf.as_ptr().cast(), *lba, blocks(buf), CB, arg)
+                }
                 Submit::WriteZeroes(lba, n) => {
                     s::spdk_bdev_write_zeroes_blocks(desc, ch, *lba, *n, CB, arg)
                 }
