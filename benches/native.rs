@@ -98,8 +98,11 @@ fn cow_cost(n: &NativeNode, name: &str, io_disk: &str, gran: u64, batches: usize
                 let t = Instant::now();
                 for &c in &picked {
                     let lba = c * per_cluster;
-                    let nblocks = per_cluster;
-                    let data = disk.run(BlockOp::Read { lba, nblocks }).await.expect("I/O");
+                    let read = BlockOp::Read {
+                        lba,
+                        nblocks: per_cluster,
+                    };
+                    let data = disk.run(read).await.expect("I/O");
                     disk.run(BlockOp::Write { lba, data }).await.expect("I/O");
                 }
                 let io = t.elapsed().as_secs_f64() * 1e6 / picked.len() as f64;

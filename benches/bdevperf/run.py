@@ -654,10 +654,10 @@ def measure_copy_io(env: Env, grans: list[int], tag: str) -> dict:
         bp.wait_ready()
         out["warmup"] = bp.write_pass("malloc m0")
         for g in grans:
-            out["copy_io"][str(g)] = {
-                wl: {k: j[k] for k in ("iops", "reactor_cpu_share", "steal_share")}
-                for wl in ("randread", "randwrite")
-                for j in [bp.perform(wl, env.secs, g, env.qd)]}
+            per = out["copy_io"][str(g)] = {}
+            for wl in ("randread", "randwrite"):
+                j = bp.perform(wl, env.secs, g, env.qd)
+                per[wl] = {k: j[k] for k in ("iops", "reactor_cpu_share", "steal_share")}
     finally:
         bp.close()
     return out
@@ -769,10 +769,9 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
                 if phase in o[wk] and metric in o[wk][phase]]
         return statistics.median(vals) if vals else None
 
+    sweeps = [t for t in setups if t[1] is not COPY_IO]
     summary: dict[str, dict] = {}
-    for key, _, _ in setups:
-        if key == "copyio":
-            continue
+    for key, _, _ in sweeps:
         summary[key] = {}
         for wk, *_ in SWEEP_WORKLOADS:
             phases = ("plain",) if key == "passthru" else ("armed", "done")
@@ -804,9 +803,7 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
                f"{'copied':>7} {'ckpt/s':>6}")
         print(hdr)
         print("-" * len(hdr))
-        for key, _, _ in setups:
-            if key == "copyio":
-                continue
+        for key, _, _ in sweeps:
             s = summary[key][wk]
             if key == "passthru":
                 print(f"{gl[key]:11} {'-':>12} {s['plain'][metric]:12,.0f}")
