@@ -145,6 +145,18 @@ fn main() {
         spread * 100.0,
         pct(&mut ck, 1.0)
     );
+    // The module's own part: how long each checkpoint held guest I/O (every round).
+    let c = &ok(&sec, "bdev_replication_get_status", json!({"name": "svm0"}))[0]["counters"];
+    let (n, total, max) = (
+        c["checkpoints"].as_f64().unwrap_or(0.0),
+        c["checkpoint_hold_ns_total"].as_f64().unwrap_or(0.0),
+        c["checkpoint_hold_ns_max"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "  guest I/O held per checkpoint (all {n:.0} of them): mean {:.1} us, max {:.1} us",
+        total / n.max(1.0) / 1e3,
+        max / 1e3
+    );
     for (what, without, with) in [("PVM", &mut pvm0, &mut pvm1), ("SVM", &mut svm0, &mut svm1)] {
         let iops = |v: &Vec<f64>| v.len() as f64 / secs;
         let (i0, i1) = (iops(without), iops(with));

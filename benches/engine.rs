@@ -105,6 +105,43 @@ fn routing() {
     println!("primary write (plan):                          {t:6.1} ns");
 }
 
+/// The gate's enter and exit on two reactors at once (issue 9, item 6), next to what the
+/// gate did before its count was sharded: both threads adding to one shared counter.
+fn gate_two_threads() {
+    println!("== the I/O gate on two threads at once (ns per enter+exit, per thread) ==");
+    let iters = 5_000_000;
+    let per_thread = |f: &(dyn Fn() + Sync)| -> f64 {
+        let t = Instant::now();
+        std::thread::scope(|sc| {
+            for _ in 0..2 {
+                sc.spawn(|| {
+                    for _ in 0..iters {
+                        f();
+                    }
+                });
+            }
+        });
+        t.elapsed().as_nanos() as f64 / iters as f64
+    };
+    let best = |f: &(dyn Fn() + Sync)| (0..5).map(|_| per_thread(f)).fold(f64::INFINITY, f64::min);
+    let shared = std::sync::atomic::AtomicU64::new(0);
+    let one_line = best(&|| {
+        use std::sync::atomic::Ordering::SeqCst;
+        shared.fetch_add(1, SeqCst);
+        black_box(&shared);
+        shared.fetch_sub(1, SeqCst);
+    });
+    let s = null_secondary(64 * MIB, 64 * 1024);
+    let gate = best(&|| {
+        if s.gate().try_enter_raw() {
+            s.gate().exit();
+        }
+    });
+    println!("one shared counter (the gate before):          {one_line:6.1} ns");
+    println!("the gate (a slot per thread):                  {gate:6.1} ns");
+    println!("gate / shared counter: {:.2}", gate / one_line);
+}
+
 /// Median checkpoint time with `dirty` clusters dirtied in both overlays before each one.
 fn checkpoint_time(disk_bytes: u64, dirty: u64) -> Duration {
     let gran = 64 * 1024;
@@ -226,6 +263,7 @@ fn main() {
         return;
     }
     routing();
+    gate_two_threads();
     checkpoint();
     cow_granularity();
 }

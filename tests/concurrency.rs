@@ -132,9 +132,17 @@ fn checkpoint_waits_for_in_flight_io_and_holds_new_io() {
     assert!(poll_once(w2.as_mut()).is_pending(), "new I/O is held");
     let mut ingress = pin!(n.sec.ingress_write(lba(C64K), pattern(512, 0x22)));
     assert!(poll_once(ingress.as_mut()).is_pending(), "ingress too");
+    // The hold lasts at least as long as the write in flight is kept back.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     svm_write.open();
     assert_eq!(poll_once(w1.as_mut()), Poll::Ready(Ok(())));
     assert_eq!(poll_once(ckpt.as_mut()), Poll::Ready(Ok(())));
+    let c = n.sec.counters();
+    assert!(c.checkpoint_hold_ns_max >= 20_000_000, "{c:?}");
+    assert_eq!(
+        c.checkpoint_hold_ns_total, c.checkpoint_hold_ns_max,
+        "{c:?}"
+    );
     assert_eq!(poll_once(w2.as_mut()), Poll::Ready(Ok(())));
     assert_eq!(poll_once(ingress.as_mut()), Poll::Ready(Ok(())));
     // w1 finished before the checkpoint, so it was dropped; w2 came after and stays.

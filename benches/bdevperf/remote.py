@@ -23,15 +23,12 @@ stdlib only.
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -158,11 +155,8 @@ def main() -> int:
                     (a.tgt, "cargo build --release --bin replication_tgt")):
         if not p.is_file():
             raise rb.BenchError(f"{p} not found: build it with `{what}` (needs SPDK)")
-    tmp = Path(tempfile.mkdtemp(prefix="repl-remote-"))
     rb.KEEP_TMP = a.keep
-    atexit.register(lambda: shutil.rmtree(tmp, True) if not rb.KEEP_TMP
-                    else rb.log(f"kept {tmp}"))
-    atexit.register(rb.stop_all)
+    tmp = rb.bench_tmp("repl-remote-")
     sec = Secondary(a.tgt.resolve(), spdk_lib, tmp, a.secondary_core, a.port)
     base = rb.Env(bdevperf, spdk_lib, a.module.resolve(), tmp, a.bdevperf_core, 1024,
                   32, rb.BLOCK, a.time)
@@ -198,19 +192,26 @@ def main() -> int:
               f"{med(key, qd, 'avg_lat_us'):>9.2f} {spread(key, qd):>6.1%}")
     ok = True
     result = {"runs": {f"{k}-qd{q}": v for (k, q), v in runs.items()}, "ratios": {}}
+    def rounds(qd: int, m: str) -> str:
+        """The ratio in each round (primary and raid1 run back to back in a round)."""
+        v = [p[m] / r[m] for p, r in zip(runs[("primary", qd)], runs[("raid1", qd)])]
+        result["ratio_rounds"][f"{m}_qd{qd}"] = v
+        return f"rounds {min(v):.3f}-{max(v):.3f}"
+
+    result["ratio_rounds"] = {}
     for qd in (1, 32):
         r = med("primary", qd, "iops") / med("raid1", qd, "iops")
         result["ratios"][f"iops_qd{qd}"] = r
         good = r >= TARGETS["iops"]
         ok &= good
-        print(f"primary/raid1 IOPS QD{qd}: {r:.3f} (target >= {TARGETS['iops']}) "
-              f"{'PASS' if good else 'FAIL'}")
+        print(f"primary/raid1 IOPS QD{qd}: {r:.3f} ({rounds(qd, 'iops')}; target >= "
+              f"{TARGETS['iops']}) {'PASS' if good else 'FAIL'}")
     lat = med("primary", 1, "avg_lat_us") / med("raid1", 1, "avg_lat_us")
     result["ratios"]["qd1_latency"] = lat
     good = lat <= TARGETS["qd1_latency"]
     ok &= good
-    print(f"primary/raid1 QD1 latency: {lat:.3f} (target <= {TARGETS['qd1_latency']}) "
-          f"{'PASS' if good else 'FAIL'}")
+    print(f"primary/raid1 QD1 latency: {lat:.3f} ({rounds(1, 'avg_lat_us')}; target <= "
+          f"{TARGETS['qd1_latency']}) {'PASS' if good else 'FAIL'}")
     loc, rem = med("local", 1, "avg_lat_us"), med("remote", 1, "avg_lat_us")
     legs = max(loc, rem)
     print(f"QD1 breakdown: local leg {loc:.2f} us, remote leg {rem:.2f} us; over the slower "
@@ -225,8 +226,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except rb.BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    rb.run_main(main)

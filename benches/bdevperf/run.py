@@ -207,6 +207,11 @@ class Env:
     io_size: int
     secs: int
     extra: list[str] = field(default_factory=list)
+    # Reactors driving the measured bdev: above 1, bdevperf's `-C` runs one job per core
+    # of `core_mask`, each on its own slice of the disk, and their results are added up.
+    jobs: int = 1
+    # False: no `-T`, bdevperf runs a job on every unclaimed bdev (callers parse the jobs).
+    only_target: bool = True
 
 
 def malloc_names(setup: Setup) -> list[str]:
@@ -235,8 +240,10 @@ class Bdevperf:
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
         cmd = [str(env.bdevperf), "--no-huge", "-s", str(env.mem_mb), "--no-pci",
                "-m", env.core_mask, "-r", str(self.sock), "--json", str(d / "config.json"),
-               "-z", "-T", setup.target, "-q", str(env.qd), "-o", str(env.io_size),
-               "-w", "randread", "-t", str(env.secs), *env.extra]
+               "-z", *(["-T", setup.target] if env.only_target else []),
+               "-q", str(env.qd), "-o", str(env.io_size),
+               "-w", "randread", "-t", str(env.secs), *(["-C"] if env.jobs > 1 else []),
+               *env.extra]
         (d / "cmd").write_text(" ".join(cmd) + "\n")
         e = dict(os.environ)
         e["LD_LIBRARY_PATH"] = ":".join(
@@ -342,17 +349,25 @@ class Bdevperf:
         except (BenchError, OSError) as e:
             raise self.fail(f"perform_tests {workload}: {e}") from None
         jobs = [j for j in (res or {}).get("results", []) if j.get("job") == self.setup.target]
-        if len(jobs) != 1:
-            raise self.fail(f"perform_tests {workload}: no single result for "
+        if len(jobs) != self.env.jobs:
+            raise self.fail(f"perform_tests {workload}: not {self.env.jobs} result(s) for "
                             f"{self.setup.target} in {json.dumps(res)}")
-        j = jobs[0]
-        if j.get("status") != "finished" or j.get("io_failed", 0) or j.get("io_timeout", 0):
-            raise self.fail(f"perform_tests {workload}: job did not finish cleanly: "
-                            f"{json.dumps(j)}")
-        # Share of the run the reactor actually had its core: below ~0.97, something else
-        # on the machine (or the hypervisor: steal) took the core and the IOPS are low.
-        j["reactor_cpu_share"] = round((cpu1 - cpu0) / wall, 3)
-        j["steal_share"] = round((steal1 - steal0) / wall, 3)
+        for j in jobs:
+            if (j.get("status") != "finished" or j.get("io_failed", 0)
+                    or j.get("io_timeout", 0)):
+                raise self.fail(f"perform_tests {workload}: job did not finish cleanly: "
+                                f"{json.dumps(j)}")
+        iops = sum(j["iops"] for j in jobs)
+        j = {"iops": iops, "mibps": sum(j["mibps"] for j in jobs),
+             "avg_latency_us": sum(j["avg_latency_us"] * j["iops"] for j in jobs) / iops,
+             "max_latency_us": max(j["max_latency_us"] for j in jobs),
+             "runtime": max(j["runtime"] for j in jobs)}
+        if self.env.jobs > 1:
+            j["per_job_iops"] = [round(j["iops"]) for j in jobs]
+        # Share of the run each reactor actually had its core: below ~0.97, something else
+        # on the machine (or the hypervisor: steal) took a core and the IOPS are low.
+        j["reactor_cpu_share"] = round((cpu1 - cpu0) / wall / self.env.jobs, 3)
+        j["steal_share"] = round((steal1 - steal0) / wall / self.env.jobs, 3)
         return j
 
     def iostat(self) -> dict[str, dict[str, int]]:
@@ -565,7 +580,7 @@ def measure(env: Env, setup: Setup, workload: str, rep: str) -> dict:
     return {"iops": j["iops"], "mibps": j["mibps"], "avg_lat_us": j["avg_latency_us"],
             "max_lat_us": j["max_latency_us"], "runtime": j["runtime"],
             "reactor_cpu_share": j["reactor_cpu_share"], "steal_share": j["steal_share"],
-            **extra}
+            **({"per_job_iops": j["per_job_iops"]} if "per_job_iops" in j else {}), **extra}
 
 
 # --------------------------------------------------------------------------- COW sweep
@@ -787,7 +802,7 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
     print(f"COW granularity sweep: {SETUPS['passthru'].label} and sec_ingress over malloc "
           f"{MALLOC_MIB} MiB/{BLOCK} B, 1 core ({a.core_mask}), {a.time} s per run"
           + (f", median of {a.repeat}" if a.repeat > 1 else ""))
-    print(f"armed: COW re-armed by a checkpoint before the run"
+    print("armed: COW re-armed by a checkpoint before the run"
           + (f" and every {a.ckpt_ms:g} ms during it" if a.ckpt_ms > 0 else "")
           + "; done: every cluster already copied")
     gl = {str(g): f"{g // 1024} KiB" for g in grans}
@@ -959,18 +974,8 @@ def main() -> int:
     if not module.is_file():
         raise BenchError(f"{module} not found: build it with "
                          "`cargo build -p replication-module --release` (needs SPDK)")
-    tmp = Path(tempfile.mkdtemp(prefix="repl-bdevperf-"))
     KEEP_TMP = a.keep
-
-    def cleanup() -> None:
-        if KEEP_TMP:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, True)
-    atexit.register(cleanup)
-    atexit.register(stop_all)  # runs before the rmtree (LIFO)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f: sys.exit(128 + s))
+    tmp = bench_tmp("repl-bdevperf-")
 
     env = Env(bdevperf, spdk_lib, module, tmp, a.core_mask, a.mem, 32, 4096, a.time)
     if a.cow_sweep:
@@ -1053,7 +1058,25 @@ def main() -> int:
     return 0 if ok_all else 1
 
 
-if __name__ == "__main__":
+def bench_tmp(prefix: str) -> Path:
+    """A temp dir removed at exit (kept, and named, with `KEEP_TMP`), every bdevperf
+    stopped before, and SIGTERM/SIGHUP turned into a clean exit."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+
+    def cleanup() -> None:
+        if KEEP_TMP:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, True)
+    atexit.register(cleanup)
+    atexit.register(stop_all)  # runs before the rmtree (LIFO)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: sys.exit(128 + s))
+    return tmp
+
+
+def run_main(main) -> None:
+    """Exit status of `main`; 2 with the message on a failed run, 130 on ^C."""
     try:
         sys.exit(main())
     except BenchError as e:
@@ -1062,3 +1085,7 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         log("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main)

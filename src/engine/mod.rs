@@ -14,6 +14,7 @@ mod gate;
 mod geometry;
 mod primary;
 mod secondary;
+mod shard;
 mod stage;
 pub mod testing;
 
@@ -33,4 +34,5 @@ pub use secondary::{
     DEFAULT_COW_GRANULARITY, IngressWritePlan, MergeProgress, MergeStep, ReadSegment, ReadSegments,
     Secondary, SecondaryCounters, Source, TopWritePlan,
 };
+pub use shard::{SHARDS, ShardedCount, this_shard};
 pub use stage::{Mode, Stage};

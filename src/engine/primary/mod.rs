@@ -15,6 +15,7 @@ pub mod sync_job {
 use crate::engine::cluster_lock::ClusterLocks;
 use crate::engine::device::BlockDevice;
 use crate::engine::dirty::{DirtyMap, MAX_SYNC_GRANULARITY};
+use crate::engine::shard::ShardedCount;
 use crate::engine::stage::AtomicStage;
 use crate::engine::{Mode, ReplicationError, Stage};
 use serde::Serialize;
@@ -99,7 +100,8 @@ pub struct Primary<D: BlockDevice> {
     detached: Arc<AtomicU64>,
     job: AtomicU8,
     sync: sync::Progress,
-    forwarded: AtomicU64,
+    /// Bumped by every forwarded write, on the submitting reactor's own line.
+    forwarded: ShardedCount,
     local_flushes: AtomicU64,
     remote_flushes: AtomicU64,
     remote_failures: AtomicU64,
@@ -157,7 +159,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
             detached: Arc::default(),
             job: AtomicU8::new(0),
             sync: sync::Progress::default(),
-            forwarded: AtomicU64::new(0),
+            forwarded: ShardedCount::default(),
             local_flushes: AtomicU64::new(0),
             remote_flushes: AtomicU64::new(0),
             remote_failures: AtomicU64::new(0),
@@ -199,7 +201,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
 
     pub fn counters(&self) -> PrimaryCounters {
         PrimaryCounters {
-            forwarded: self.forwarded.load(Relaxed),
+            forwarded: u64::try_from(self.forwarded.sum(Relaxed)).unwrap_or(0),
             local_flushes: self.local_flushes.load(Relaxed),
             remote_flushes: self.remote_flushes.load(Relaxed),
             remote_failures: self.remote_failures.load(Relaxed),
@@ -268,7 +270,7 @@ impl<D: BlockDevice + Clone> Primary<D> {
 
     /// For hosts that forward on their own fast path (the driver counts its own).
     pub fn count_forwarded(&self) {
-        self.forwarded.fetch_add(1, Relaxed);
+        self.forwarded.add(1, Relaxed);
     }
 
     /// For hosts that send flushes on their own fast path.

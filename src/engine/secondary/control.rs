@@ -8,6 +8,7 @@ use crate::engine::dirty::DirtyMap;
 use crate::engine::{Mode, ReplicationError, Stage};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering::Relaxed, Ordering::SeqCst};
+use std::time::Instant;
 
 impl<D: BlockDevice> Secondary<D> {
     // ------------------------------------------------------------------ control path --
@@ -41,14 +42,25 @@ impl<D: BlockDevice> Secondary<D> {
         self.active_map.clear_all();
     }
 
+    /// Holds I/O, empties both overlays, releases, and counts a checkpoint with its hold.
+    async fn checkpoint_held(&self) {
+        let t = Instant::now();
+        let hold = self.gate.hold().await;
+        self.empty_overlays();
+        drop(hold);
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let c = &self.counters;
+        c.checkpoints.fetch_add(1, Relaxed);
+        c.checkpoint_hold_ns_total.fetch_add(ns, Relaxed);
+        c.checkpoint_hold_ns_max.fetch_max(ns, Relaxed);
+    }
+
     /// `checkpoint` (spec 5.3): holds new I/O, drains in-flight I/O, then empties.
     pub async fn checkpoint(&self) -> Result<(), ReplicationError> {
         let _ctl = self.control.lock().await;
         match self.stage() {
             Stage::Running => {
-                let _hold = self.gate.hold().await;
-                self.empty_overlays();
-                self.counters.checkpoints.fetch_add(1, Relaxed);
+                self.checkpoint_held().await;
                 Ok(())
             }
             Stage::None | Stage::FailoverFailed => Err(ReplicationError::NotRunning),

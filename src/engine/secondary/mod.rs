@@ -64,6 +64,8 @@ struct Counters {
     cow_failures: AtomicU64,
     ingress_refused: AtomicU64,
     checkpoints: AtomicU64,
+    checkpoint_hold_ns_total: AtomicU64,
+    checkpoint_hold_ns_max: AtomicU64,
     merged_clusters: AtomicU64,
     merge_failures: AtomicU64,
     read_revalidations: AtomicU64,
@@ -78,6 +80,10 @@ pub struct SecondaryCounters {
     pub cow_failures: u64,
     pub ingress_refused: u64,
     pub checkpoints: u64,
+    /// How long checkpoints held guest I/O (from the hold's start, through the drain of
+    /// the requests in flight, to the release): summed, and the longest.
+    pub checkpoint_hold_ns_total: u64,
+    pub checkpoint_hold_ns_max: u64,
     pub merged_clusters: u64,
     pub merge_failures: u64,
     pub read_revalidations: u64,
@@ -222,6 +228,8 @@ impl<D: BlockDevice> Secondary<D> {
             cow_failures: c.cow_failures.load(Relaxed),
             ingress_refused: c.ingress_refused.load(Relaxed),
             checkpoints: c.checkpoints.load(Relaxed),
+            checkpoint_hold_ns_total: c.checkpoint_hold_ns_total.load(Relaxed),
+            checkpoint_hold_ns_max: c.checkpoint_hold_ns_max.load(Relaxed),
             merged_clusters: c.merged_clusters.load(Relaxed),
             merge_failures: c.merge_failures.load(Relaxed),
             read_revalidations: c.read_revalidations.load(Relaxed),

@@ -1,0 +1,118 @@
+//! Counters written on every I/O, one cache line per thread.
+//!
+//! A counter that every reactor bumps per I/O bounces its cache line between cores; with one
+//! slot per thread each reactor writes only its own line, and readers (the gate's drain, a
+//! status RPC) add the slots up. A request may end on another thread than it began on, so a
+//! slot can go negative; only the sum means anything.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+/// Slots per counter. Threads beyond this share slots (still correct, just shared lines).
+pub const SHARDS: usize = 16;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's slot, assigned round-robin on first use so that the first [`SHARDS`]
+/// threads (reactors, in practice) each own one.
+pub fn this_shard() -> usize {
+    SHARD.with(|s| {
+        let cur = s.get();
+        if cur != usize::MAX {
+            return cur;
+        }
+        let new = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        s.set(new);
+        new
+    })
+}
+
+pub struct ShardedCount {
+    slots: Box<[CachePadded<AtomicI64>; SHARDS]>,
+}
+
+impl Default for ShardedCount {
+    fn default() -> Self {
+        Self {
+            slots: Box::new(std::array::from_fn(|_| CachePadded::new(AtomicI64::new(0)))),
+        }
+    }
+}
+
+impl ShardedCount {
+    pub fn add(&self, n: i64, order: Ordering) {
+        self.slots[this_shard()].fetch_add(n, order);
+    }
+
+    /// The total; exact once writers are quiet, and with `SeqCst` on both sides never below
+    /// the number of adds that are ordered before the read and not yet taken back.
+    pub fn sum(&self, order: Ordering) -> i64 {
+        self.slots.iter().map(|s| s.load(order)).sum()
+    }
+
+    /// Address of a slot (for tests of the layout).
+    #[cfg(test)]
+    fn slot_addr(&self, shard: usize) -> usize {
+        std::ptr::from_ref(&*self.slots[shard]) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    #[test]
+    fn threads_write_different_cache_lines() {
+        let c = ShardedCount::default();
+        // 64-byte lines, and adjacent-line prefetch pairs them: 128 apart at least.
+        for i in 0..SHARDS {
+            for j in 0..i {
+                let (a, b) = (c.slot_addr(i), c.slot_addr(j));
+                assert!(a.abs_diff(b) >= 128, "slots {i} and {j}: {a:#x} vs {b:#x}");
+            }
+        }
+        let before = NEXT_SHARD.load(Ordering::Relaxed);
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| (this_shard(), this_shard())).join().unwrap();
+            (a, s.spawn(this_shard).join().unwrap())
+        });
+        assert_eq!(a.0, a.1, "a thread keeps its slot");
+        // Other tests' threads take slots meanwhile; the two threads share one only after
+        // SHARDS assignments in between.
+        if NEXT_SHARD.load(Ordering::Relaxed) - before <= SHARDS {
+            assert_ne!(a.0, b, "a new thread gets a slot of its own");
+        }
+    }
+
+    #[test]
+    fn adds_and_takes_back_on_other_threads_sum_exactly() {
+        let c = ShardedCount::default();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        c.add(1, SeqCst);
+                    }
+                });
+            }
+        });
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..15_000 {
+                        c.add(-1, SeqCst);
+                    }
+                });
+            }
+        });
+        c.add(-5_000, SeqCst);
+        assert_eq!(c.sum(SeqCst), 5_000);
+    }
+}
