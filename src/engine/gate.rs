@@ -75,7 +75,7 @@ impl IoGate {
         // With SeqCst on both sides the last exit of a drain reads every other exit's
         // decrement, so one of them (or the holder's re-check) sees zero.
         if self.held.load(SeqCst) && self.in_flight.sum(SeqCst) <= 0 {
-            let drain = std::mem::take(&mut self.waiters.lock().unwrap().drain);
+            let drain = std::mem::take(&mut self.waiters().drain);
             wake_all(drain);
         }
     }
@@ -90,11 +90,7 @@ impl IoGate {
             if let Some(g) = self.try_enter() {
                 return Poll::Ready(g);
             }
-            self.waiters
-                .lock()
-                .unwrap()
-                .held_io
-                .push(cx.waker().clone());
+            self.waiters().held_io.push(cx.waker().clone());
             // Re-check after registering: a release in between would otherwise be missed.
             match self.try_enter() {
                 Some(g) => Poll::Ready(g),
@@ -117,7 +113,7 @@ impl IoGate {
             if self.in_flight() == 0 {
                 return Poll::Ready(());
             }
-            let mut w = self.waiters.lock().unwrap();
+            let mut w = self.waiters();
             if !w.drain.iter().any(|d| d.will_wake(cx.waker())) {
                 w.drain.push(cx.waker().clone());
             }
@@ -133,6 +129,14 @@ impl IoGate {
         guard
     }
 
+    /// The waiter lists; a panic elsewhere while they were locked leaves them usable (a
+    /// poisoned lock must not turn every later I/O into a panic on the reactor).
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn is_held(&self) -> bool {
         self.held.load(SeqCst)
     }
@@ -143,7 +147,7 @@ impl IoGate {
 
     fn release(&self) {
         self.held.store(false, SeqCst);
-        let held_io = std::mem::take(&mut self.waiters.lock().unwrap().held_io);
+        let held_io = std::mem::take(&mut self.waiters().held_io);
         wake_all(held_io);
     }
 }
@@ -151,7 +155,39 @@ impl IoGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::sync::atomic::AtomicU64;
+
+    /// A panic while the waiter lists were locked poisons their mutex; the gate must go on
+    /// holding, draining and admitting instead of panicking on every later I/O.
+    #[test]
+    fn a_poisoned_waiter_list_still_holds_and_drains() {
+        let gate = IoGate::default();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _w = gate.waiters.lock();
+            panic!("poison the waiter lists");
+        }));
+        assert!(gate.waiters.is_poisoned());
+        assert!(gate.try_enter_raw());
+        let mut hold = std::pin::pin!(gate.hold());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(
+            hold.as_mut().poll(&mut cx).is_pending(),
+            "one I/O in flight"
+        );
+        let mut io = std::pin::pin!(gate.enter());
+        assert!(io.as_mut().poll(&mut cx).is_pending(), "new I/O is held");
+        gate.exit();
+        let Poll::Ready(h) = hold.as_mut().poll(&mut cx) else {
+            panic!("drained, the hold is taken");
+        };
+        drop(h);
+        assert!(
+            io.as_mut().poll(&mut cx).is_ready(),
+            "released, the I/O enters"
+        );
+    }
 
     /// Reactors on several threads enter and exit (some exiting on another thread than they
     /// entered on) while holds come and go: no I/O is ever inside during a hold, and every
@@ -189,7 +225,7 @@ mod tests {
             }
             drop(handoff_tx);
             let (gate2, inside2) = (&gate, &inside);
-            let drainer = s.spawn(move || {
+            s.spawn(move || {
                 for () in handoff_rx {
                     inside2.fetch_sub(1, SeqCst);
                     gate2.exit();
@@ -202,7 +238,6 @@ mod tests {
                 drop(hold);
             }
             stop.store(true, SeqCst);
-            let _ = drainer;
         });
         assert_eq!(gate.in_flight(), 0);
     }

@@ -34,5 +34,4 @@ pub use secondary::{
     DEFAULT_COW_GRANULARITY, IngressWritePlan, MergeProgress, MergeStep, ReadSegment, ReadSegments,
     Secondary, SecondaryCounters, Source, TopWritePlan,
 };
-pub use shard::{SHARDS, ShardedCount, this_shard};
 pub use stage::{Mode, Stage};
