@@ -146,8 +146,16 @@ fn probe(extra_dir: Option<&Path>) -> Option<pkg_config::Library> {
     merged
 }
 
+/// Builds the crate empty: dependents see `DEP_SPDK_FOUND=0` and compile their SPDK parts out.
+fn without_spdk(out: &Path, why: &str) {
+    println!("cargo:warning={why}: building without the SPDK host");
+    std::fs::write(out.join("bindings.rs"), "").unwrap();
+    println!("cargo:found=0");
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=SPDK_DIR");
+    println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
     println!("cargo:rerun-if-changed=shim");
     // SPDK installed (or rebuilt) in a documented prefix after a first build is picked up:
@@ -171,13 +179,11 @@ fn main() {
             .find_map(|d| probe(Some(d)))
     });
     let Some(lib) = lib else {
-        println!(
-            "cargo:warning=SPDK not found (looked via pkg-config/PKG_CONFIG_PATH, $SPDK_DIR, \
-             /opt/spdk, /usr/local): building without the SPDK host"
+        return without_spdk(
+            &out,
+            "SPDK not found (looked via pkg-config/PKG_CONFIG_PATH, $SPDK_DIR, /opt/spdk, \
+             /usr/local)",
         );
-        std::fs::write(out.join("bindings.rs"), "").unwrap();
-        println!("cargo:found=0");
-        return;
     };
 
     let include_dirs = lib.include_paths.clone();
@@ -207,10 +213,25 @@ fn main() {
     for d in &include_dirs {
         b = b.clang_arg(format!("-I{}", d.display()));
     }
-    b.generate()
-        .expect("bindgen over SPDK's headers")
-        .write_to_file(out.join("bindings.rs"))
-        .unwrap();
+    // bindgen panics when it cannot load libclang; SPDK present without libclang (Debian
+    // `libclang-dev`) is a machine that cannot build the SPDK host, not a broken build.
+    std::panic::set_hook(Box::new(|_| {}));
+    let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.generate()));
+    let _ = std::panic::take_hook();
+    let bindings = match generated {
+        Ok(Ok(bindings)) => bindings,
+        Ok(Err(e)) => return without_spdk(&out, &format!("bindgen over SPDK's headers: {e}")),
+        Err(_) => {
+            // Picked up again once a package (libclang-dev) is installed.
+            println!("cargo:rerun-if-changed=/var/lib/dpkg/status");
+            return without_spdk(
+                &out,
+                "SPDK found but bindgen cannot load libclang (install Debian's libclang-dev \
+                 or set LIBCLANG_PATH)",
+            );
+        }
+    };
+    bindings.write_to_file(out.join("bindings.rs")).unwrap();
 
     let mut cc = cc::Build::new();
     cc.file("shim/shim.c").include("shim").warnings(false);

@@ -231,13 +231,24 @@ mod tests {
                     gate2.exit();
                 }
             });
+            // Stops the workers however the holds end: a failed assertion below must fail
+            // the test, not leave the scope waiting on threads that never stop.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, SeqCst);
+                }
+            }
+            let _stop = Stop(&stop);
             for _ in 0..2_000 {
                 let hold = futures::executor::block_on(gate.hold());
                 assert_eq!(inside.load(SeqCst), 0, "I/O inside during a hold");
-                assert_eq!(gate.in_flight(), 0);
+                // The count may still hold entries the gate is refusing (counted, then
+                // taken back on seeing the hold): at most one per worker, never admitted.
+                assert!(gate.in_flight() <= 3, "{} in flight", gate.in_flight());
+                assert!(gate.try_enter().is_none(), "admitted during a hold");
                 drop(hold);
             }
-            stop.store(true, SeqCst);
         });
         assert_eq!(gate.in_flight(), 0);
     }
