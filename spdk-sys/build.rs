@@ -215,19 +215,29 @@ fn main() {
     }
     // bindgen panics when it cannot load libclang; SPDK present without libclang (Debian
     // `libclang-dev`) is a machine that cannot build the SPDK host, not a broken build.
+    // The default hook would print the panic as if the build had crashed; its message goes
+    // into the warning instead.
+    let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.generate()));
-    let _ = std::panic::take_hook();
+    std::panic::set_hook(hook);
     let bindings = match generated {
         Ok(Ok(bindings)) => bindings,
         Ok(Err(e)) => return without_spdk(&out, &format!("bindgen over SPDK's headers: {e}")),
-        Err(_) => {
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("bindgen panicked");
             // Picked up again once a package (libclang-dev) is installed.
             println!("cargo:rerun-if-changed=/var/lib/dpkg/status");
             return without_spdk(
                 &out,
-                "SPDK found but bindgen cannot load libclang (install Debian's libclang-dev \
-                 or set LIBCLANG_PATH)",
+                &format!(
+                    "SPDK found but bindgen failed, most likely no libclang (install Debian's \
+                     libclang-dev or set LIBCLANG_PATH): {why}"
+                ),
             );
         }
     };
