@@ -133,6 +133,10 @@ fn run(
                 view[span(lba, n)].fill(0);
             }
             Op::ReadTop { lba, n } => {
+                // The hosts' one-lookup plan agrees with the piecewise one.
+                let pieces: Vec<_> = sec.plan_top_read(lba, n).unwrap().collect();
+                let whole = sec.plan_top_read_whole(lba, n).unwrap();
+                prop_assert_eq!(whole, (pieces.len() == 1).then(|| pieces[0]));
                 let got = read(|b| block_on(sec.top_read(lba, b)), n);
                 prop_assert!(
                     got == view[span(lba, n)],

@@ -292,6 +292,7 @@ fn zero_block_requests_are_harmless() {
     assert_eq!(block_on(n.sec.top_write(lba(C64K), empty.clone())), Ok(()));
     assert_eq!(block_on(n.sec.ingress_write(lba(C64K), empty)), Ok(()));
     assert_eq!(n.sec.plan_top_read(lba(C64K), 0).unwrap().count(), 0);
+    assert_eq!(n.sec.plan_top_read_whole(lba(C64K), 0), Ok(None));
     assert_eq!(n.sec.allocated(), (0, 0));
 }
 

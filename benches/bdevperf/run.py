@@ -212,6 +212,8 @@ class Env:
     jobs: int = 1
     # False: no `-T`, bdevperf runs a job on every unclaimed bdev (callers parse the jobs).
     only_target: bool = True
+    # Run bdevperf under this command (instructions.py: valgrind's callgrind).
+    wrapper: list[str] = field(default_factory=list)
 
 
 def malloc_names(setup: Setup) -> list[str]:
@@ -238,7 +240,7 @@ class Bdevperf:
              "config": [BDEV_OPTIONS] + at_start
                        + [{"method": "bdev_wait_for_examine"}]}]}
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
-        cmd = [str(env.bdevperf), "--no-huge", "-s", str(env.mem_mb), "--no-pci",
+        cmd = [*env.wrapper, str(env.bdevperf), "--no-huge", "-s", str(env.mem_mb), "--no-pci",
                "-m", env.core_mask, "-r", str(self.sock), "--json", str(d / "config.json"),
                "-z", *(["-T", setup.target] if env.only_target else []),
                "-q", str(env.qd), "-o", str(env.io_size),
@@ -405,6 +407,13 @@ class Bdevperf:
             raise self.fail(f"bdev_replication_get_status: {e}") from None
         return st[0] if isinstance(st, list) else st
 
+    def check_running(self, node: str, when: str = "") -> dict:
+        """`node`'s status, which must be stage `running` with no error."""
+        st = self.status(node)
+        if st.get("stage") != "running" or st.get("error"):
+            raise self.fail(f"{node}{when}: stage {st.get('stage')!r}, error {st.get('error')!r}")
+        return st
+
     def prefill_ingress(self, name: str, granularity: int = COW_GRANULARITY) -> dict:
         """Sequential 128 KiB writes over the ingress until every cluster is copied."""
         clusters = NUM_BLOCKS * BLOCK // granularity
@@ -552,10 +561,7 @@ def measure(env: Env, setup: Setup, workload: str, rep: str) -> dict:
                     raise bp.fail(f"overlays not empty after the warm-up's checkpoint: "
                                   f"{st['allocated']}")
         if setup.node:
-            before = bp.status(setup.node)
-            if before.get("stage") != "running" or before.get("error"):
-                raise bp.fail(f"{setup.node} after the warm-up: stage "
-                              f"{before.get('stage')!r}, error {before.get('error')!r}")
+            before = bp.check_running(setup.node, " after the warm-up")
         io0 = bp.iostat()
         j = bp.perform(workload, env.secs, env.io_size)
         io1 = bp.iostat()
@@ -905,6 +911,15 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
 
 # --------------------------------------------------------------------------- main
 
+def find_module(path: Path) -> Path:
+    """The preloaded module, which must have been built."""
+    module = path.resolve()
+    if not module.is_file():
+        raise BenchError(f"{module} not found: build it with "
+                         "`cargo build -p replication-module --release` (needs SPDK)")
+    return module
+
+
 def find_bdevperf(spdk_dir: str | None) -> tuple[Path, Path]:
     cands = [Path(spdk_dir)] if spdk_dir else []
     cands.append(Path("/opt/spdk"))
@@ -970,10 +985,7 @@ def main() -> int:
             ap.error("--ckpt-ms must be >= 0, --seq-qd >= 1")
 
     bdevperf, spdk_lib = find_bdevperf(a.spdk_dir)
-    module = a.module.resolve()
-    if not module.is_file():
-        raise BenchError(f"{module} not found: build it with "
-                         "`cargo build -p replication-module --release` (needs SPDK)")
+    module = find_module(a.module)
     KEEP_TMP = a.keep
     tmp = bench_tmp("repl-bdevperf-")
 

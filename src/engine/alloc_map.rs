@@ -133,31 +133,33 @@ impl AllocMap {
     }
 
     /// State at `g` and how many granules from `g` (at most `max`) share it.
+    ///
+    /// On every top read and ingress write: a word at a time, the first slot that differs
+    /// from the state found by XOR with the state's pattern and a trailing-zero count.
     pub fn run(&self, g: u64, max: u64) -> (AllocState, u64) {
         let max = max.min(self.granules - g);
         let epoch = self.epoch();
-        let state = self.get(g);
+        let mut wi = g / PER_WORD;
+        let lo = g % PER_WORD;
+        let bits = self.word_bits(wi, epoch) >> (lo * 2);
+        let state = AllocState::from_bits(bits);
         let whole = replicate(state);
-        let mut len = 0;
+        // Slots past the word's end shift in as zeros: counted only up to PER_WORD - lo.
+        let mut len = match bits ^ (whole >> (lo * 2)) {
+            0 => PER_WORD - lo,
+            d => return (state, u64::from(d.trailing_zeros() / 2).min(max)),
+        };
         while len < max {
-            let pos = g + len;
-            let wi = pos / PER_WORD;
-            let lo = pos % PER_WORD;
-            let bits = self.word_bits(wi, epoch);
-            if lo == 0 && max - len >= PER_WORD && bits == whole {
-                len += PER_WORD;
-                continue;
-            }
-            let mut slot = lo;
-            while slot < PER_WORD && len < max {
-                if AllocState::from_bits(bits >> (slot * 2)) != state {
-                    return (state, len);
+            wi += 1;
+            match self.word_bits(wi, epoch) ^ whole {
+                0 => len += PER_WORD,
+                d => {
+                    len += u64::from(d.trailing_zeros() / 2);
+                    break;
                 }
-                slot += 1;
-                len += 1;
             }
         }
-        (state, len)
+        (state, len.min(max))
     }
 
     /// First granule at or after `from` that is allocated (as data or zero).
@@ -239,6 +241,35 @@ mod tests {
         assert_eq!(m.get(10), AllocState::Unallocated);
         assert_eq!(m.get(11), AllocState::Data);
         assert_eq!(m.count_allocated(), 1);
+    }
+
+    /// `run` against a slot-by-slot reading of `get`, over random maps.
+    #[test]
+    fn run_matches_slot_by_slot_model() {
+        use proptest::prelude::*;
+        let states = prop_oneof![
+            Just(AllocState::Unallocated),
+            Just(AllocState::Data),
+            Just(AllocState::Zero)
+        ];
+        let case = (1u64..200).prop_flat_map(move |n| {
+            (
+                Just(n),
+                proptest::collection::vec((0..n, 1..40u64, states.clone()), 0..12),
+                0..n,
+                0..250u64,
+            )
+        });
+        proptest!(|((n, sets, g, max) in case)| {
+            let m = AllocMap::new(n);
+            for (first, count, st) in sets {
+                m.set_range(first, count.min(n - first), st);
+            }
+            let want_state = m.get(g);
+            let limit = max.min(n - g);
+            let want_len = (g..g + limit).take_while(|&x| m.get(x) == want_state).count() as u64;
+            prop_assert_eq!(m.run(g, max), (want_state, want_len));
+        });
     }
 
     #[test]

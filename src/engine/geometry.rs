@@ -55,7 +55,8 @@ impl Geometry {
     }
 
     pub fn cluster_of(&self, lba: u64) -> u64 {
-        lba / self.cluster_blocks
+        // A power of two (`new`): a shift, not a 64-bit division, on every top read.
+        lba >> self.cluster_blocks.trailing_zeros()
     }
 
     /// Clusters touched by `[lba, lba + nblocks)`, as a half-open range.

@@ -12,6 +12,7 @@ mod dirty;
 mod error;
 mod gate;
 mod geometry;
+mod membarrier;
 mod primary;
 mod secondary;
 mod shard;

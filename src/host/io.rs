@@ -558,23 +558,24 @@ unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
         }
         match op {
             Child::Read => {
-                let mut segs = match sec.plan_top_read(r.lba, r.blocks) {
-                    Ok(s) => s,
+                let seg = match sec.plan_top_read_whole(r.lba, r.blocks) {
+                    Ok(Some(seg)) => seg,
+                    // A zero-block read: nothing to do.
+                    Ok(None) if r.blocks == 0 => {
+                        finish_gated(sec, bdev_io, true);
+                        return;
+                    }
+                    // Pieces from several sources: the engine's driver reads each.
+                    Ok(None) => {
+                        sec.gate().exit();
+                        slow(bdev_io);
+                        return;
+                    }
                     Err(_) => {
                         finish_gated(sec, bdev_io, false);
                         return;
                     }
                 };
-                let Some(seg) = segs.next() else {
-                    // A zero-block read: nothing to do.
-                    finish_gated(sec, bdev_io, true);
-                    return;
-                };
-                if segs.next().is_some() {
-                    sec.gate().exit();
-                    slow(bdev_io);
-                    return;
-                }
                 match seg.source {
                     Source::Zero => {
                         zero_iovs(&r);

@@ -287,6 +287,34 @@ impl<D: BlockDevice> Secondary<D> {
         })
     }
 
+    /// The source of a whole top read when one source serves all of it (the common case:
+    /// a small read inside one cluster), in one lookup; `Ok(None)` when it has several
+    /// pieces (see [`Secondary::plan_top_read`]) or no blocks.
+    pub fn plan_top_read_whole(
+        &self,
+        lba: u64,
+        nblocks: u64,
+    ) -> Result<Option<ReadSegment>, IoError> {
+        if !self.geo.check_range(lba, nblocks) {
+            return Err(IoError::OutOfRange);
+        }
+        if nblocks == 0 {
+            return Ok(None);
+        }
+        let seg = match self.stage() {
+            Stage::None => return Err(IoError::Io),
+            Stage::Done => ReadSegment {
+                source: Source::Base,
+                lba,
+                nblocks,
+            },
+            Stage::Running | Stage::Failover | Stage::FailoverFailed => {
+                self.segment_at(lba, lba + nblocks)
+            }
+        };
+        Ok((seg.nblocks == nblocks).then_some(seg))
+    }
+
     fn segment_at(&self, pos: u64, end: u64) -> ReadSegment {
         let (a_state, a_len) = self.active_map.run(pos, end - pos);
         let (source, nblocks) = match a_state {
