@@ -35,6 +35,7 @@ const FUNCTIONS: &[&str] = &[
     "spdk_app_opts_init",
     "spdk_app_parse_args",
     "spdk_app_start",
+    "spdk_app_stop",
     "spdk_bdev_close",
     "spdk_bdev_desc_get_bdev",
     "spdk_bdev_flush_blocks",
@@ -85,6 +86,9 @@ const FUNCTIONS: &[&str] = &[
     "spdk_poller_unregister",
     "spdk_put_io_channel",
     "spdk_rpc_register_method",
+    "spdk_rpc_server_accept",
+    "spdk_rpc_server_close",
+    "spdk_rpc_server_listen",
     "spdk_thread_send_msg",
 ];
 

@@ -512,3 +512,81 @@ fn delete_during_merge_waits_for_it() {
         "base after delete",
     );
 }
+
+/// `replication_tgt` serves `-r` with its own RPC server (polled every `--rpc-poll-us`) or,
+/// with `--rpc-poll-us 0`, with SPDK's: either answers SPDK's client, replies to handlers
+/// that finish later (a checkpoint after its drain), answers `spdk_kill_instance` before
+/// the process exits, and removes the socket at shutdown. A bad value is refused by name.
+#[test]
+fn rpc_socket_served_by_either_server_until_shutdown() {
+    let Some(env) = env("rpc_socket_served_by_either_server_until_shutdown") else {
+        return;
+    };
+    let cfg = env.tmp.path().join("rpc-servers.json");
+    std::fs::write(&cfg, r#"{"subsystems": []}"#).unwrap();
+    for (i, extra) in [&[][..], &["--rpc-poll-us", "0"], &["--rpc-poll-us", "2000"]]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("replication_tgt {extra:?}");
+        let mut app = App::start_args(&env, &format!("rpc-srv{i}"), &cfg, "0x1", extra);
+        let methods = app.ok("rpc_get_methods", Value::Null);
+        assert!(
+            methods
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == "bdev_replication_checkpoint"),
+            "{what}: {methods}"
+        );
+        for n in ["b0", "h0", "a0"] {
+            malloc(&app, n, 2048, 4096);
+        }
+        app.ok(
+            "bdev_replication_create",
+            json!({"name": "s0", "mode": "secondary", "base_bdev": "b0",
+                   "hidden_bdev": "h0", "active_bdev": "a0"}),
+        );
+        app.ok("bdev_replication_start", json!({"name": "s0"}));
+        for _ in 0..3 {
+            assert_eq!(
+                app.ok("bdev_replication_checkpoint", json!({"name": "s0"})),
+                json!(true),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            app.status("s0")["counters"]["checkpoints"],
+            json!(3),
+            "{what}"
+        );
+        let out = app.spdk_rpc(&["spdk_kill_instance", "SIGINT"]);
+        assert!(
+            out.status.success(),
+            "{what}: spdk_kill_instance: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let st = loop {
+            if let Some(st) = app.exited() {
+                break st;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what} did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert!(st.success(), "{what} exited with {st}:\n{}", app.log_text());
+        assert!(!app.sock.exists(), "{what} left its RPC socket behind");
+    }
+    for bad in ["abc", "-5", "1000001"] {
+        let out = std::process::Command::new(&env.tgt)
+            .args(["--no-huge", "-s", "1024", "--no-pci", "--rpc-poll-us", bad])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--rpc-poll-us {bad}: {text}");
+        assert!(
+            text.contains("--rpc-poll-us"),
+            "--rpc-poll-us {bad}: {text}"
+        );
+    }
+}

@@ -76,13 +76,28 @@ def setups(port: int) -> dict[str, rb.Setup]:
     }
 
 
-class Secondary:
-    """`replication_tgt --host spdk` exporting a secondary's ingress (stage `none`)."""
+def export(nqn: str, bdev: str, port: int) -> list[dict]:
+    """An NVMe-oF/TCP subsystem with `bdev` as its namespace, listening on `port`."""
+    return [
+        {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": True}},
+        {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {
+            "bdev_name": bdev}}},
+        {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {
+            "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(port)}}}]
 
-    def __init__(self, tgt: Path, spdk_lib: Path, tmp: Path, core_mask: str, port: int):
-        d = tmp / "secondary"
+
+class Secondary:
+    """`replication_tgt --host spdk` with a secondary node `sec` (stage `none`: ingress
+    writes go straight to its malloc base) exporting `exports` (bdev -> (NQN, port); by
+    default its ingress), started with `extra` arguments."""
+
+    def __init__(self, tgt: Path, spdk_lib: Path, tmp: Path, core_mask: str, port: int,
+                 exports: dict[str, tuple[str, int]] | None = None,
+                 extra: list[str] | None = None, name: str = "secondary"):
+        d = tmp / name
         d.mkdir()
         self.sock = d / "rpc.sock"
+        exports = exports or {"ingress": (INGRESS_NQN, port)}
         cfg = {"subsystems": rb.FRAMEWORK + [
             {"subsystem": "bdev", "config": [
                 rb.malloc("base"), rb.malloc("hidden"), rb.malloc("active"),
@@ -91,15 +106,8 @@ class Secondary:
                             "hidden_bdev": "hidden", "active_bdev": "active",
                             "ingress_name": "ingress"}}]},
             {"subsystem": "nvmf", "config": [
-                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
-                {"method": "nvmf_create_subsystem",
-                 "params": {"nqn": INGRESS_NQN, "allow_any_host": True}},
-                {"method": "nvmf_subsystem_add_ns",
-                 "params": {"nqn": INGRESS_NQN, "namespace": {"bdev_name": "ingress"}}},
-                {"method": "nvmf_subsystem_add_listener",
-                 "params": {"nqn": INGRESS_NQN, "listen_address": {
-                     "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
-                     "trsvcid": str(port)}}}]}]}
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]
+                + [c for bdev, (nqn, p) in exports.items() for c in export(nqn, bdev, p)]}]}
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
         self.log = d / "tgt.log"
         e = dict(os.environ)
@@ -107,12 +115,12 @@ class Secondary:
             [str(spdk_lib)] + [p for p in e.get("LD_LIBRARY_PATH", "").split(":") if p])
         cmd = [str(tgt), "--host", "spdk", "--no-huge", "-s", "1024", "--no-pci",
                "--disable-cpumask-locks", "-m", core_mask, "-r", str(self.sock),
-               "--json", str(d / "config.json")]
+               "--json", str(d / "config.json"), *(extra or [])]
         self.out = open(self.log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=e, cwd=d)
         rb.LIVE.add(self.proc)
-        rpc = rb.Rpc(self.sock)
+        self.rpc = rpc = rb.Rpc(self.sock)
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -133,6 +141,13 @@ class Secondary:
         self.out.close()
 
 
+def require_built(module: Path, tgt: Path) -> None:
+    for p, what in ((module, "cargo build -p replication-module --release"),
+                    (tgt, "cargo build --release --bin replication_tgt")):
+        if not p.is_file():
+            raise rb.BenchError(f"{p} not found: build it with `{what}` (needs SPDK)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,10 +166,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     bdevperf, spdk_lib = rb.find_bdevperf(a.spdk_dir)
-    for p, what in ((a.module, "cargo build -p replication-module --release"),
-                    (a.tgt, "cargo build --release --bin replication_tgt")):
-        if not p.is_file():
-            raise rb.BenchError(f"{p} not found: build it with `{what}` (needs SPDK)")
+    require_built(a.module, a.tgt)
     rb.KEEP_TMP = a.keep
     tmp = rb.bench_tmp("repl-remote-")
     sec = Secondary(a.tgt.resolve(), spdk_lib, tmp, a.secondary_core, a.port)

@@ -21,7 +21,9 @@ unsafe extern "C" fn module_init() -> i32 {
     0
 }
 
-unsafe extern "C" fn module_fini() {}
+unsafe extern "C" fn module_fini() {
+    app::stop_rpc_poller();
+}
 
 /// Registers the bdev module and its RPCs. Call once, before `spdk_app_start`.
 pub fn register() {

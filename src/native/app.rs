@@ -25,6 +25,10 @@ pub struct Opts {
     /// JSON-RPC socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/spdk.sock")]
     pub rpc_socket: PathBuf,
+    /// The SPDK host's RPC poll period. Accepted for the same command lines on both hosts:
+    /// the native server answers each request as soon as its method finishes.
+    #[arg(long = "rpc-poll-us", value_name = "US")]
+    pub rpc_poll_us: Option<u64>,
     /// JSON config file, SPDK's format.
     #[arg(short = 'c', long = "json", alias = "config")]
     pub json: Option<PathBuf>,

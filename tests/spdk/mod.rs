@@ -126,6 +126,11 @@ impl App {
 
     /// Starts with an SPDK core mask (several reactors when it has several bits).
     pub fn start_mask(env: &Env, name: &str, cfg: &Path, mask: &str) -> App {
+        Self::start_args(env, name, cfg, mask, &[])
+    }
+
+    /// Starts with an SPDK core mask and `extra` arguments for `replication_tgt`.
+    pub fn start_args(env: &Env, name: &str, cfg: &Path, mask: &str, extra: &[&str]) -> App {
         let dir = env.tmp.path();
         let sock = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
@@ -145,6 +150,7 @@ impl App {
             .arg(&sock)
             .arg("--json")
             .arg(cfg)
+            .args(extra)
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
             .spawn()
