@@ -80,6 +80,7 @@ impl AllocMap {
         self.epoch.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub fn get(&self, g: u64) -> AllocState {
         debug_assert!(g < self.granules);
         let bits = self.word_bits(g / PER_WORD, self.epoch());

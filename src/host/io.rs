@@ -687,6 +687,7 @@ unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, a
             lba: ctx.seg_lba,
             nblocks: ctx.seg_blocks,
         };
+        // Empty unless a copy finished during the read (no allocation otherwise).
         let mut redo: Vec<(u64, u64)> = Vec::new();
         sec.revalidate_base_read(&seg, |l, k| redo.push((l, k)));
         if redo.is_empty() {

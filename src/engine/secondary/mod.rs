@@ -395,7 +395,19 @@ impl<D: BlockDevice> Secondary<D> {
     /// After a base read planned for `seg` completed: the clusters whose copy finished in
     /// the meantime (their base may already hold newer ingress data) must be read again from
     /// hidden, which holds exactly the pre-write data. Calls `redo(lba, nblocks)` per piece.
-    pub fn revalidate_base_read(&self, seg: &ReadSegment, mut redo: impl FnMut(u64, u64)) {
+    #[inline]
+    pub fn revalidate_base_read(&self, seg: &ReadSegment, redo: impl FnMut(u64, u64)) {
+        // The usual case, inline: a read inside one cluster that is still not copied.
+        let c = self.geo.cluster_of(seg.lba);
+        let last = self.geo.cluster_of(seg.lba + seg.nblocks.max(1) - 1);
+        if last == c && self.hidden_map.get(c) != AllocState::Data {
+            return;
+        }
+        self.revalidate_base_read_slow(seg, redo);
+    }
+
+    #[inline(never)]
+    fn revalidate_base_read_slow(&self, seg: &ReadSegment, mut redo: impl FnMut(u64, u64)) {
         if self.stage() != Stage::Running {
             return;
         }
