@@ -575,6 +575,18 @@ fn rpc_socket_served_by_either_server_until_shutdown() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
         assert!(st.success(), "{what} exited with {st}:\n{}", app.log_text());
+        // Which server answered: ours says so at start-up, SPDK's does not.
+        let ours = format!("JSON-RPC on {} polled every", app.sock.display());
+        let expect = match extra {
+            [] => Some(format!("{ours} 100 us")),
+            [_, "2000"] => Some(format!("{ours} 2000 us")),
+            _ => None,
+        };
+        let log = app.log_text();
+        match expect {
+            Some(line) => assert!(log.contains(&line), "{what}: no {line:?} in\n{log}"),
+            None => assert!(!log.contains(&ours), "{what}: our server ran:\n{log}"),
+        }
         assert!(!app.sock.exists(), "{what} left its RPC socket behind");
     }
     for bad in ["abc", "-5", "1000001"] {

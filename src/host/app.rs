@@ -64,6 +64,11 @@ unsafe extern "C" fn started(_ctx: *mut c_void) {
         }
         // SAFETY: FFI; the poller is unregistered by `stop_rpc_poller`.
         r.poller = unsafe { s::spdk_poller_register(Some(rpc_poll), r.server.cast(), r.period_us) };
+        tracing::info!(
+            "replication_tgt: JSON-RPC on {} polled every {} us",
+            r.addr.to_string_lossy(),
+            r.period_us
+        );
     }
     tracing::info!("replication_tgt started");
 }
