@@ -11,7 +11,8 @@ server, polled every 4 ms) and `replication_tgt`'s default (its own server on th
 socket, polled every 100 us).
 
 Reported per server: the RPC's p50/p99/max as the client sees it (the median round by p99,
-and the spread of p99 over rounds), the module's hold per checkpoint (`get_status`), and
+and the spread of p99 over rounds, with the 95 % CI of its median from 6 rounds on;
+`--client-fifo` runs the timing client SCHED_FIFO), the module's hold per checkpoint (`get_status`), and
 both jobs' IOPS with and without checkpoints. Checked: as many checkpoints counted as
 replies, the node `running` with no error, both jobs clean.
 
@@ -26,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -79,7 +79,7 @@ def round_once(a, env: rb.Env, spdk_lib: Path, tmp: Path, server: tuple, tag: st
         sec.rpc.call("bdev_replication_checkpoint", {"name": ck.NODE})
         quiet = perform(bp, env.secs)
         before = status(sec)["counters"]
-        ticker = ck.TimedTicker(sec.sock, a.period_ms / 1000)
+        ticker = ck.TimedTicker(sec.sock, a.period_ms / 1000, fifo=a.client_fifo)
         loaded = perform(bp, env.secs, ticker)
         after = status(sec)
         if after.get("error") or after.get("stage") != "running":
@@ -113,6 +113,11 @@ def main() -> int:
     ap.add_argument("--secondary-core", default="0x1", help="replication_tgt -m (0x1)")
     ap.add_argument("--bdevperf-core", default="0x2", help="bdevperf -m (0x2)")
     ap.add_argument("--port", type=int, default=4792, help="top's port; ingress's is +1")
+    ap.add_argument("--client-fifo", action="store_true",
+                    help="the timing client's thread runs SCHED_FIFO (needs root): the "
+                         "server's latency as a caller with a core of its own sees it, "
+                         "rather than how long the scheduler keeps a third busy thread "
+                         "off this 2-core machine")
     ap.add_argument("--json-out", type=Path)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
@@ -136,19 +141,22 @@ def main() -> int:
     print(f"replication_tgt (SPDK host) on {a.secondary_core}, bdevperf over NVMe/TCP on "
           f"{a.bdevperf_core}: checkpoint every {a.period_ms:g} ms for {a.time} s while the "
           f"top and the ingress take 4 KiB random writes at QD32 (median round of "
-          f"{a.repeat} by RPC p99):")
+          f"{a.repeat} by RPC p99"
+          f"{'; the client SCHED_FIFO' if a.client_fifo else ''}):")
     ok = True
     for key, label, _ in SERVERS:
         rs = rounds[key]
         p99s = [r["rpc_us"]["p99"] for r in rs]
         mid = sorted(rs, key=lambda r: r["rpc_us"]["p99"])[len(rs) // 2]
-        spread = (max(p99s) - min(p99s)) / statistics.median(p99s)
+        spread = rb.spread(p99s)
+        ci = rb.median_ci(p99s)
+        ci_txt = f", median's 95% CI {ci[0]:.0f}-{ci[1]:.0f} us" if ci else ""
         rpc, hold = mid["rpc_us"], mid["hold_us"]
         met = rpc["p99"] < TARGET_P99_US
         ok &= met or key == "spdk"
         print(f"  {label:32} RPC ({rpc['calls']} calls): p50 {rpc['p50']:.0f} us, p99 "
               f"{rpc['p99']:.0f} us (target < {TARGET_P99_US:.0f}{', met' if met else ''}; "
-              f"spread {spread:.1%}), max {rpc['max']:.0f} us; hold mean {hold['mean']:.1f} "
+              f"spread {spread:.1%}{ci_txt}), max {rpc['max']:.0f} us; hold mean {hold['mean']:.1f} "
               f"us, max {hold['max']:.1f} us")
         for job, what in (("topn1", "top (SVM)"), ("ingn1", "ingress (PVM)")):
             q, ld = mid["quiet"][job], mid["loaded"][job]

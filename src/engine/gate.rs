@@ -80,6 +80,7 @@ impl IoGate {
 
     /// Admits an I/O unless a hold is active. For hosts that track completion themselves,
     /// pair a `true` with [`IoGate::exit`].
+    #[inline]
     pub fn try_enter_raw(&self) -> bool {
         if self.asymmetric {
             if self.held.load(Relaxed) {
@@ -105,18 +106,13 @@ impl IoGate {
         true
     }
 
+    #[inline]
     pub fn exit(&self) {
         if self.asymmetric {
             self.in_flight.add(-1, Relaxed);
             compiler_fence(SeqCst);
             if self.held.load(Relaxed) {
-                // A drain: with a fence after every exit that sees the hold (and before the
-                // holder's re-check), the last one to fence reads every decrement.
-                fence(SeqCst);
-                if self.in_flight.sum(SeqCst) <= 0 {
-                    let drain = std::mem::take(&mut self.waiters().drain);
-                    wake_all(drain);
-                }
+                self.exit_during_hold();
             }
             return;
         }
@@ -124,6 +120,19 @@ impl IoGate {
         // With SeqCst on both sides the last exit of a drain reads every other exit's
         // decrement, so one of them (or the holder's re-check) sees zero.
         if self.held.load(SeqCst) && self.in_flight.sum(SeqCst) <= 0 {
+            let drain = std::mem::take(&mut self.waiters().drain);
+            wake_all(drain);
+        }
+    }
+
+    /// The asymmetric exit's rare part, out of line.
+    #[cold]
+    #[inline(never)]
+    fn exit_during_hold(&self) {
+        // A drain: with a fence after every exit that sees the hold (and before the
+        // holder's re-check), the last one to fence reads every decrement.
+        fence(SeqCst);
+        if self.in_flight.sum(SeqCst) <= 0 {
             let drain = std::mem::take(&mut self.waiters().drain);
             wake_all(drain);
         }

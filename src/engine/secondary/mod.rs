@@ -315,6 +315,7 @@ impl<D: BlockDevice> Secondary<D> {
         Ok((seg.nblocks == nblocks).then_some(seg))
     }
 
+    #[inline]
     fn segment_at(&self, pos: u64, end: u64) -> ReadSegment {
         let (a_state, a_len) = self.active_map.run(pos, end - pos);
         let (source, nblocks) = match a_state {
@@ -323,7 +324,12 @@ impl<D: BlockDevice> Secondary<D> {
             AllocState::Unallocated => {
                 let c = self.geo.cluster_of(pos);
                 let max_clusters = self.geo.cluster_of(end - 1) - c + 1;
-                let (h_state, h_len) = self.hidden_map.run(c, max_clusters);
+                // Inside one cluster: one map load, inline.
+                let (h_state, h_len) = if max_clusters == 1 {
+                    (self.hidden_map.get(c), 1)
+                } else {
+                    self.hidden_map.run(c, max_clusters)
+                };
                 let h_end = ((c + h_len) * self.geo.cluster_blocks).min(end);
                 let src = if h_state == AllocState::Data {
                     Source::Hidden
@@ -340,19 +346,33 @@ impl<D: BlockDevice> Secondary<D> {
         }
     }
 
+    #[inline]
     pub fn plan_ingress_write(&self, lba: u64, nblocks: u64) -> IngressWritePlan {
         match self.stage() {
             Stage::None => IngressWritePlan::Direct,
             Stage::Running => {
                 let cs = self.geo.clusters_of(lba, nblocks);
                 let want = cs.end - cs.start;
-                match self.hidden_map.run(cs.start, want) {
-                    (AllocState::Data, n) if n >= want => IngressWritePlan::Direct,
-                    _ => IngressWritePlan::Cow,
+                // Inside one cluster (nearly every write): one map load, inline.
+                let copied = if want == 1 {
+                    self.hidden_map.get(cs.start) == AllocState::Data
+                } else {
+                    self.all_copied(cs.start, want)
+                };
+                if copied {
+                    IngressWritePlan::Direct
+                } else {
+                    IngressWritePlan::Cow
                 }
             }
             Stage::Failover | Stage::FailoverFailed | Stage::Done => IngressWritePlan::Refused,
         }
+    }
+
+    /// Whether hidden holds every one of `want` clusters from `first`.
+    #[inline(never)]
+    fn all_copied(&self, first: u64, want: u64) -> bool {
+        matches!(self.hidden_map.run(first, want), (AllocState::Data, n) if n >= want)
     }
 
     /// For hosts that refuse an ingress write on their own fast path.
