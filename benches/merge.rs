@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{BS, export, free_port, median_spread, ok, raw_copy, rounds, status};
+use common::{BS, export, free_port, median_ci, median_spread, ok, raw_copy, rounds, status};
 use serde_json::json;
 use spdk_replication::native::app::NativeNode;
 use spdk_replication::native::node::BlockOp;
@@ -225,10 +225,13 @@ fn measure(
             figs.push((secs, mibps(secs), mibps(raw_s), iops));
         }
         let (r, spread) = median_spread(ratios.clone());
+        let ci = median_ci(ratios.clone())
+            .map(|(lo, hi)| format!(", median's 95% CI {lo:.3}-{hi:.3}"))
+            .unwrap_or_default();
         let i = ratios.iter().position(|x| *x == r).unwrap_or(0);
         let (secs, m, rw, iops) = figs[i];
         println!(
-            "    {}: merge/raw {r:.3}x (target >= 0.8, spread {:.1}%): done in {secs:.2} s, \
+            "    {}: merge/raw {r:.3}x (target >= 0.8, spread {:.1}%{ci}): done in {secs:.2} s, \
              {m:.0} vs {rw:.0} MiB/s{}",
             if load {
                 "SVM writes QD32"

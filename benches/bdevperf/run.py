@@ -877,7 +877,7 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
           " plus a random write of one cluster on malloc (bdevperf, same round);"
           " fixed = added - I/Os")
     hdr = (f"{'granularity':11} {'added':>7} {'spread':>6} {'I/Os':>7} {'spread':>6} "
-           f"{'fixed':>7} {'spread':>6}")
+           f"{'fixed':>7} {'spread':>6} {'fixed 95% CI':>13}")
     print(hdr)
     print("-" * len(hdr))
     copy_cost: dict[str, dict] = {}
@@ -893,10 +893,13 @@ def run_sweep(a: argparse.Namespace, env: Env, bdevperf: Path, module: Path) -> 
         if not added:
             continue
         fixed = [x - y for x, y in zip(added, ios)]
-        copy_cost[str(g)] = {"added_us": added, "io_us": ios, "fixed_us": fixed}
+        ci = median_ci(fixed)
+        copy_cost[str(g)] = {"added_us": added, "io_us": ios, "fixed_us": fixed,
+                             "fixed_ci95": ci}
         print(f"{gl[str(g)]:11} {statistics.median(added):7.2f} {spread(added):6.0%} "
               f"{statistics.median(ios):7.2f} {spread(ios):6.0%} "
-              f"{statistics.median(fixed):7.2f} {spread(fixed):6.0%}")
+              f"{statistics.median(fixed):7.2f} {spread(fixed):6.0%} "
+              + (f"{ci[0]:6.2f}-{ci[1]:.2f}" if ci else f"{'(<6 rounds)':>13}"))
 
     disturbed = [(SETUPS["passthru"].label if key == "passthru"
                   else COPY_IO.label if key == "copyio" else gl[key], r)

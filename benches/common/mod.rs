@@ -48,6 +48,27 @@ pub fn median_spread(mut v: Vec<f64>) -> (f64, f64) {
     (m, (v[v.len() - 1] - v[0]) / m)
 }
 
+/// Distribution-free 95 % confidence interval of the median (as `run.median_ci` in
+/// `benches/bdevperf/run.py`): the order statistics x(j), x(n+1-j) for the largest j whose
+/// coverage 1 - 2 P(Binomial(n, 1/2) < j) is still >= 0.95. None below 6 values.
+#[allow(dead_code)] // not every bench reports it
+pub fn median_ci(mut v: Vec<f64>) -> Option<(f64, f64)> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let mut below = 0.0; // P(B < j)
+    let mut choose = 1.0; // C(n, j - 1)
+    let mut best = None;
+    for j in 1..=n / 2 {
+        below += choose / 2f64.powi(n as i32);
+        if 1.0 - 2.0 * below < 0.95 {
+            break;
+        }
+        best = Some((v[j - 1], v[n - j]));
+        choose = choose * (n - (j - 1)) as f64 / j as f64;
+    }
+    best
+}
+
 pub fn listen(nqn: &str, port: u16) -> Value {
     json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
            "traddr": "127.0.0.1", "trsvcid": port.to_string()}})
