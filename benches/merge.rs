@@ -18,7 +18,7 @@ use common::{BS, export, free_port, median_ci, median_spread, ok, raw_copy, roun
 use serde_json::json;
 use spdk_replication::native::app::NativeNode;
 use spdk_replication::native::node::BlockOp;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const CLUSTER: u64 = 16 * 1024;
@@ -91,25 +91,27 @@ fn merge(n: &NativeNode) -> f64 {
     }
 }
 
-/// 4 KiB random writes at QD32 on the top until `stop`: IOPS.
-fn svm_load(port: u16, blocks: u64, stop: &AtomicBool) -> f64 {
+/// 4 KiB random writes at QD32 on the top until `stop`, counted in `ios`.
+fn svm_load(port: u16, blocks: u64, stop: &AtomicBool, ios: &AtomicU64) {
     let c = common::connect(port, TOP_NQN);
-    let t = Instant::now();
     let c = &c;
-    let counts =
-        futures::executor::block_on(futures::future::join_all((0..32u64).map(|q| async move {
-            let mut rng = common::Rng(0x5151_0000 + q);
-            let data = bytes::Bytes::from(vec![0x44u8; BS as usize]);
-            let mut ios = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                c.write(1, rng.next() % blocks, data.clone())
-                    .await
-                    .expect("SVM write");
-                ios += 1;
-            }
-            ios
-        })));
-    counts.iter().sum::<u64>() as f64 / t.elapsed().as_secs_f64()
+    futures::executor::block_on(futures::future::join_all((0..32u64).map(|q| async move {
+        let mut rng = common::Rng(0x5151_0000 + q);
+        let data = bytes::Bytes::from(vec![0x44u8; BS as usize]);
+        while !stop.load(Ordering::Relaxed) {
+            c.write(1, rng.next() % blocks, data.clone())
+                .await
+                .expect("SVM write");
+            ios.fetch_add(1, Ordering::Relaxed);
+        }
+    })));
+}
+
+/// Runs `f` (which returns its own seconds) and the SVM IOPS meanwhile.
+fn counted(ios: &AtomicU64, f: impl FnOnce() -> f64) -> (f64, f64) {
+    let before = ios.load(Ordering::Relaxed);
+    let secs = f();
+    (secs, (ios.load(Ordering::Relaxed) - before) as f64 / secs)
 }
 
 fn main() {
@@ -203,22 +205,22 @@ fn measure(
             let (raw_s, secs, iops) = if load {
                 armed(n, blocks, dev);
                 export(n, TOP_NQN, "svm0", port);
-                let stop = AtomicBool::new(false);
+                let (stop, ios) = (AtomicBool::new(false), AtomicU64::new(0));
                 let r = std::thread::scope(|sc| {
-                    let h = sc.spawn(|| svm_load(port, blocks, &stop));
+                    sc.spawn(|| svm_load(port, blocks, &stop, &ios));
                     // The same load through the raw copy and the whole merge.
                     std::thread::sleep(Duration::from_millis(200));
-                    let raw_s = raw();
-                    let s = merge(n);
+                    let (raw_s, raw_iops) = counted(&ios, raw);
+                    let (s, merge_iops) = counted(&ios, || merge(n));
                     stop.store(true, Ordering::Relaxed);
-                    (raw_s, s, h.join().unwrap())
+                    (raw_s, s, (raw_iops, merge_iops))
                 });
                 ok(n, "nvmf_delete_subsystem", json!({"nqn": TOP_NQN}));
                 r
             } else {
                 let raw_s = raw();
                 armed(n, blocks, dev);
-                (raw_s, merge(n), 0.0)
+                (raw_s, merge(n), (0.0, 0.0))
             };
             ok(n, "bdev_replication_delete", json!({"name": "svm0"}));
             ratios.push(raw_s / secs);
@@ -240,7 +242,10 @@ fn measure(
             },
             spread * 100.0,
             if load {
-                format!("; SVM {iops:.0} IOPS meanwhile")
+                format!(
+                    "; SVM IOPS {:.0} during the raw copy, {:.0} during the merge",
+                    iops.0, iops.1
+                )
             } else {
                 String::new()
             }

@@ -206,3 +206,85 @@ fn pair_replicates_and_fails_over() {
         "{s}"
     );
 }
+
+/// A failover merge over RAM disks, whose requests complete at once, leaves the reactor
+/// to the SVM: a write and a status asked right after the stop are answered while the
+/// merge still runs, and the merged base holds both. (The merge used to hold the reactor
+/// from its first cluster to its last: 256 MiB of overlay kept the SVM waiting ~0.1 s.)
+#[test]
+fn merge_over_ram_disks_leaves_the_reactor_to_the_svm() {
+    use spdk_replication::native::node::BlockOp;
+    const MIB: u64 = 256;
+    let blocks = (MIB << 20) / BS as u64;
+    let n = NativeNode::start(&[0], ".".into()).unwrap();
+    for b in ["base", "hidden", "active"] {
+        ok(
+            &n,
+            "bdev_malloc_create",
+            json!({"name": b, "num_blocks": blocks, "block_size": BS}),
+        );
+    }
+    ok(
+        &n,
+        "bdev_replication_create",
+        json!({"name": "svm0", "mode": "secondary",
+        "base_bdev": "base", "hidden_bdev": "hidden", "active_bdev": "active"}),
+    );
+    ok(
+        &n,
+        "bdev_replication_start",
+        json!({"name": "svm0", "mode": "secondary"}),
+    );
+    // The SVM's data over the whole disk, in active.
+    n.with_app(move |app| async move {
+        let top = app.exported("svm0").expect("top");
+        let per = (1 << 20) / BS as u64;
+        for lba in (0..blocks).step_by(per as usize) {
+            let data = vec![0x33; 1 << 20];
+            top.run(BlockOp::Write { lba, data }).await.expect("fill");
+        }
+    })
+    .unwrap();
+    ok(&n, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    let port = free_port();
+    export(&n, "nqn.2016-06.io.spdk:svm0", "svm0", port);
+    let svm = connect(port, "nqn.2016-06.io.spdk:svm0");
+    let s = svm.blocking();
+    let mine = pattern(9, 4 * BS);
+
+    ok(
+        &n,
+        "bdev_replication_stop",
+        json!({"name": "svm0", "failover": true}),
+    );
+    s.write(1, blocks / 2, mine.clone()).unwrap();
+    let st = &ok(&n, "bdev_replication_get_status", json!({"name": "svm0"}))[0];
+    assert_eq!(
+        st["stage"], "failover",
+        "the SVM's write and this status waited for the whole merge: {st}"
+    );
+    assert!(
+        st["merge"]["done_bytes"].as_u64().unwrap() < st["merge"]["total_bytes"].as_u64().unwrap(),
+        "{st}"
+    );
+    loop {
+        let st = &ok(&n, "bdev_replication_get_status", json!({"name": "svm0"}))[0];
+        match st["stage"].as_str() {
+            Some("done") => break,
+            Some("failover") => std::thread::sleep(std::time::Duration::from_millis(5)),
+            _ => panic!("merge failed: {st}"),
+        }
+    }
+    same(
+        &s.read(1, blocks / 2, 4).unwrap(),
+        &mine,
+        "the SVM's write during the merge",
+    );
+    for lba in [0, blocks / 2 - 1, blocks / 2 + 4, blocks - 1] {
+        same(
+            &s.read(1, lba, 1).unwrap(),
+            &[0x33; BS],
+            &format!("merged block {lba}"),
+        );
+    }
+}

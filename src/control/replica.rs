@@ -250,23 +250,19 @@ impl<D: BlockDevice + Clone> Replica<D> {
         }
     }
 
-    /// The failover merge to its end; logs the outcome. `pause` is awaited when the
-    /// merge must back off (out of buffers).
+    /// The failover merge to its end; logs the outcome. `pause` is awaited after every
+    /// cluster (`true`: back off, out of buffers; `false`: a reactor turn, so a merge over
+    /// devices that complete at once does not hold the reactor from the SVM).
     pub async fn run_merge<F, Fut>(&self, mut pause: F)
     where
-        F: FnMut() -> Fut,
+        F: FnMut(bool) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         let Some(sec) = self.secondary() else { return };
-        let between = |step| {
-            let p = (step == MergeStep::Backoff).then(&mut pause);
-            async move {
-                if let Some(p) = p {
-                    p.await
-                }
-            }
-        };
-        match sec.run_merge_with(between).await {
+        match sec
+            .run_merge_with(|step| pause(step == MergeStep::Backoff))
+            .await
+        {
             Ok(MergeStep::Done) => tracing::info!(name = self.name(), "failover merge done"),
             Ok(_) => {}
             Err(e) => tracing::error!(name = self.name(), error = %e, "failover merge failed"),

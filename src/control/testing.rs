@@ -194,7 +194,7 @@ impl Host for RamHost {
         let released = self.released.clone();
         // Only fails once the pool is gone, i.e. with the host.
         let _ = self.spawner.spawn_local(async move {
-            node.run_merge(yield_once).await;
+            node.run_merge(|_| yield_once()).await;
             if node.stage() == crate::engine::Stage::Done {
                 released.borrow_mut().push(node);
             }

@@ -389,8 +389,13 @@ impl Host for SpdkHost {
     }
     fn spawn_merge(&self, node: Arc<Node>) {
         exec::spawn(async move {
-            node.run_merge(|| exec::sleep(Duration::from_millis(1)))
-                .await;
+            node.run_merge(|backoff| async move {
+                match backoff {
+                    true => exec::sleep(Duration::from_millis(1)).await,
+                    false => exec::yield_now().await,
+                }
+            })
+            .await;
             if node.stage() == crate::engine::Stage::Done {
                 io::release_overlays(node.clone());
             }

@@ -56,3 +56,31 @@ fn uring_reads_a_file() {
     }));
     assert_eq!(n, Some((4096, true)));
 }
+
+/// A task that keeps yielding lets the reactor fire its timers and run its other tasks (a
+/// self-wake would not: the turn polls ready tasks until none is left).
+#[test]
+fn yield_now_lets_timers_and_other_tasks_run() {
+    let r = Reactors::start(&[0]).unwrap();
+    let yields = futures::executor::block_on(r.get(0).run(|| async {
+        let fired = Rc::new(Cell::new(false));
+        let f = fired.clone();
+        spawn_local(async move {
+            sleep(Duration::from_millis(1)).await;
+            f.set(true);
+        });
+        let mut yields = 0u64;
+        // Bounded, so the test fails instead of hanging if the timer never fires.
+        while !fired.get() && yields < 50_000_000 {
+            yield_now().await;
+            yields += 1;
+        }
+        (fired.get(), yields)
+    }));
+    let (fired, yields) = yields.unwrap();
+    assert!(
+        fired,
+        "the timer never fired while a task yielded ({yields} yields)"
+    );
+    r.stop();
+}
