@@ -49,6 +49,23 @@ fn connect(port: u16, nqn: &str) -> Controller {
     .unwrap()
 }
 
+/// Secondary `svm0` over RAM disks `base`, `hidden` and `active` of `blocks` blocks.
+fn secondary_over_mallocs(n: &NativeNode, blocks: u64) {
+    for b in ["base", "hidden", "active"] {
+        ok(
+            n,
+            "bdev_malloc_create",
+            json!({"name": b, "num_blocks": blocks, "block_size": BS}),
+        );
+    }
+    ok(
+        n,
+        "bdev_replication_create",
+        json!({"name": "svm0", "mode": "secondary",
+        "base_bdev": "base", "hidden_bdev": "hidden", "active_bdev": "active"}),
+    );
+}
+
 /// Byte-exact comparison that reports the first difference, not the buffers.
 fn same(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -71,19 +88,7 @@ fn pair_replicates_and_fails_over() {
     let sec = NativeNode::start(&[0], ".".into()).unwrap();
     let pri = NativeNode::start(&[0, 1], ".".into()).unwrap();
     let (ing_port, top_port, pri_port) = (free_port(), free_port(), free_port());
-    for b in ["base", "hidden", "active"] {
-        ok(
-            &sec,
-            "bdev_malloc_create",
-            json!({"name": b, "num_blocks": BLOCKS, "block_size": BS}),
-        );
-    }
-    ok(
-        &sec,
-        "bdev_replication_create",
-        json!({"name": "svm0", "mode": "secondary",
-        "base_bdev": "base", "hidden_bdev": "hidden", "active_bdev": "active"}),
-    );
+    secondary_over_mallocs(&sec, BLOCKS);
     ok(&sec, "nvmf_create_transport", json!({"trtype": "TCP"}));
     export(
         &sec,
@@ -217,19 +222,7 @@ fn merge_over_ram_disks_leaves_the_reactor_to_the_svm() {
     const MIB: u64 = 256;
     let blocks = (MIB << 20) / BS as u64;
     let n = NativeNode::start(&[0], ".".into()).unwrap();
-    for b in ["base", "hidden", "active"] {
-        ok(
-            &n,
-            "bdev_malloc_create",
-            json!({"name": b, "num_blocks": blocks, "block_size": BS}),
-        );
-    }
-    ok(
-        &n,
-        "bdev_replication_create",
-        json!({"name": "svm0", "mode": "secondary",
-        "base_bdev": "base", "hidden_bdev": "hidden", "active_bdev": "active"}),
-    );
+    secondary_over_mallocs(&n, blocks);
     ok(
         &n,
         "bdev_replication_start",

@@ -12,7 +12,6 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 struct Bdev {
@@ -95,17 +94,9 @@ impl RamHost {
     }
 }
 
-/// A future that is ready at its second poll: a reactor turn.
+/// A turn of the pool.
 fn yield_once() -> impl Future<Output = ()> {
-    let mut yielded = false;
-    std::future::poll_fn(move |cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
+    super::yield_with(std::task::Waker::wake_by_ref)
 }
 
 /// The RAM host's runtime: it has no clock, so a millisecond is one turn of its pool (a

@@ -98,15 +98,7 @@ pub fn spawn(future: impl Future<Output = ()> + 'static) {
 /// Gives the thread one turn: a wake-up while polled is a message, so the task runs again
 /// after the thread's pollers (the guests' qpairs among them).
 pub fn yield_now() -> impl Future<Output = ()> {
-    let mut yielded = false;
-    std::future::poll_fn(move |cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
+    crate::control::yield_with(Waker::wake_by_ref)
 }
 
 struct SleepState {

@@ -184,24 +184,24 @@ pub fn defer(f: impl FnOnce() + 'static) {
 /// once (RAM disks) cannot starve the guests' connections. (Waking itself would not do: the
 /// turn polls ready tasks until none is left.) Off a reactor, a plain self-wake.
 pub fn yield_now() -> impl Future<Output = ()> {
-    let mut yielded = false;
-    std::future::poll_fn(move |cx| {
-        if yielded {
-            return Poll::Ready(());
+    crate::control::yield_with(|w| {
+        if with_local(|l| l.yielded.borrow_mut().push(w.clone())).is_none() {
+            w.wake_by_ref();
         }
-        yielded = true;
-        if with_local(|l| l.yielded.borrow_mut().push(cx.waker().clone())).is_none() {
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
     })
 }
 
 fn wake_yielded(local: &Rc<Local>) -> bool {
-    let woken = std::mem::take(&mut *local.yielded.borrow_mut());
+    // Taken out while waking (a wake must not meet the borrow), then put back to keep its
+    // allocation: a merge yields every cluster.
+    let mut woken = std::mem::take(&mut *local.yielded.borrow_mut());
     let any = !woken.is_empty();
-    for w in woken {
+    for w in woken.drain(..) {
         w.wake();
+    }
+    let mut y = local.yielded.borrow_mut();
+    if y.is_empty() {
+        *y = woken;
     }
     any
 }
