@@ -16,23 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
-/// A future ready at its second poll; at the first it hands the task's waker to `park`,
-/// which decides when the task runs again (a self-wake: at the executor's next turn). What
-/// hosts await between a background job's steps.
-pub fn yield_with(
-    mut park: impl FnMut(&std::task::Waker),
-) -> impl std::future::Future<Output = ()> {
-    let mut yielded = false;
-    std::future::poll_fn(move |cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        park(cx.waker());
-        std::task::Poll::Pending
-    })
-}
-
 /// How often a delete re-checks a running merge.
 const DELETE_MERGE_POLL: Duration = Duration::from_millis(10);
 

@@ -233,34 +233,27 @@ impl<D: BlockDevice + Clone> Replica<D> {
             .map_err(|e| RpcError::from_engine(self.name(), e))
     }
 
-    /// A primary's sync or verify job to its end; logs the outcome. `pause` is awaited
-    /// between regions (`true`: back off, out of buffers; `false`: a reactor turn).
-    pub async fn run_job<R, F, Fut>(&self, rt: &R, mut pause: F)
-    where
-        R: Runtime,
-        F: FnMut(bool) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
+    /// A primary's sync or verify job to its end, [`Runtime::pause`] between regions;
+    /// logs the outcome.
+    pub async fn run_job<R: Runtime>(&self, rt: &R) {
         let RoleRef::Primary(p) = self.role() else {
             return;
         };
-        let r = p.run_job(rt, |step| pause(step == JobStep::Backoff)).await;
+        let r = p
+            .run_job(rt, |step| rt.pause(step == JobStep::Backoff))
+            .await;
         if let Err(e) = r {
             tracing::warn!(name = self.name(), error = %e, "sync/verify stopped");
         }
     }
 
-    /// The failover merge to its end; logs the outcome. `pause` is awaited after every
-    /// cluster (`true`: back off, out of buffers; `false`: a reactor turn, so a merge over
-    /// devices that complete at once does not hold the reactor from the SVM).
-    pub async fn run_merge<F, Fut>(&self, mut pause: F)
-    where
-        F: FnMut(bool) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
+    /// The failover merge to its end, [`Runtime::pause`] after every cluster (a merge over
+    /// devices that complete at once must not hold the reactor from the SVM); logs the
+    /// outcome.
+    pub async fn run_merge<R: Runtime>(&self, rt: &R) {
         let Some(sec) = self.secondary() else { return };
         match sec
-            .run_merge_with(|step| pause(step == MergeStep::Backoff))
+            .run_merge_with(|step| rt.pause(step == MergeStep::Backoff))
             .await
         {
             Ok(MergeStep::Done) => tracing::info!(name = self.name(), "failover merge done"),

@@ -96,7 +96,7 @@ impl RamHost {
 
 /// A turn of the pool.
 fn yield_once() -> impl Future<Output = ()> {
-    super::yield_with(std::task::Waker::wake_by_ref)
+    crate::engine::yield_with(std::task::Waker::wake_by_ref)
 }
 
 /// The RAM host's runtime: it has no clock, so a millisecond is one turn of its pool (a
@@ -111,6 +111,9 @@ impl crate::engine::Runtime for RamRuntime {
                 yield_once().await;
             }
         }
+    }
+    fn yield_now(&self) -> impl Future<Output = ()> {
+        yield_once()
     }
     fn spawn(&self, task: std::pin::Pin<Box<dyn Future<Output = ()>>>) {
         let _ = self.0.spawn_local(task);
@@ -183,9 +186,10 @@ impl Host for RamHost {
 
     fn spawn_merge(&self, node: Arc<Replica<TestDisk>>) {
         let released = self.released.clone();
+        let rt = RamRuntime(self.spawner.clone());
         // Only fails once the pool is gone, i.e. with the host.
         let _ = self.spawner.spawn_local(async move {
-            node.run_merge(|_| yield_once()).await;
+            node.run_merge(&rt).await;
             if node.stage() == crate::engine::Stage::Done {
                 released.borrow_mut().push(node);
             }
@@ -195,7 +199,7 @@ impl Host for RamHost {
     fn spawn_sync(&self, node: Arc<Replica<TestDisk>>) {
         let rt = RamRuntime(self.spawner.clone());
         let _ = self.spawner.spawn_local(async move {
-            node.run_job(&rt, |_| yield_once()).await;
+            node.run_job(&rt).await;
         });
     }
 

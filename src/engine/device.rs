@@ -96,11 +96,46 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
 }
 
+/// A future ready at its second poll; at the first it hands the task's waker to `park`,
+/// which decides when the task runs again (a self-wake: at the executor's next turn). What
+/// [`Runtime::yield_now`] is made of.
+pub fn yield_with(
+    mut park: impl FnMut(&std::task::Waker),
+) -> impl std::future::Future<Output = ()> {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        park(cx.waker());
+        std::task::Poll::Pending
+    })
+}
+
+/// How long a background job (merge, sync, verify) backs off when out of buffers.
+pub const JOB_BACKOFF: Duration = Duration::from_millis(1);
+
 /// Timers and detached tasks, from the host (reactor pollers on SPDK).
 pub trait Runtime {
     fn sleep(&self, d: Duration) -> impl Future<Output = ()>;
+    /// Lets the reactor run one turn (its other tasks, completions and due timers) before
+    /// the caller goes on.
+    fn yield_now(&self) -> impl Future<Output = ()>;
     /// Runs `task` to completion independently of the caller.
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>);
+    /// Between a background job's steps (merge clusters, sync regions): out of buffers
+    /// (`backoff`), [`JOB_BACKOFF`]; otherwise one reactor turn, so a job over devices that
+    /// complete at once does not hold the reactor from the guests.
+    fn pause(&self, backoff: bool) -> impl Future<Output = ()> {
+        async move {
+            if backoff {
+                self.sleep(JOB_BACKOFF).await
+            } else {
+                self.yield_now().await
+            }
+        }
+    }
 }
 
 /// A modifying request, routed as one unit by the engine.

@@ -21,7 +21,7 @@ pub mod testing;
 
 pub use alloc_map::{AllocMap, AllocState};
 pub use cluster_lock::{ClusterGuard, ClusterLocks};
-pub use device::{BlockDevice, IoBuf, IoError, Runtime};
+pub use device::{BlockDevice, IoBuf, IoError, JOB_BACKOFF, Runtime, yield_with};
 pub use dirty::{DEFAULT_SYNC_GRANULARITY, DirtyMap, MAX_SYNC_GRANULARITY};
 pub use error::ReplicationError;
 pub use gate::{GateGuard, IoGate};

@@ -483,6 +483,9 @@ impl Runtime for TestRuntime {
             Poll::Pending
         })
     }
+    fn yield_now(&self) -> impl Future<Output = ()> {
+        super::yield_with(Waker::wake_by_ref)
+    }
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
         self.tasks.borrow_mut().push(task);
     }

@@ -98,7 +98,7 @@ pub fn spawn(future: impl Future<Output = ()> + 'static) {
 /// Gives the thread one turn: a wake-up while polled is a message, so the task runs again
 /// after the thread's pollers (the guests' qpairs among them).
 pub fn yield_now() -> impl Future<Output = ()> {
-    crate::control::yield_with(Waker::wake_by_ref)
+    crate::engine::yield_with(Waker::wake_by_ref)
 }
 
 struct SleepState {
@@ -175,6 +175,9 @@ pub struct SpdkRuntime;
 impl crate::engine::Runtime for SpdkRuntime {
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
         sleep(d)
+    }
+    fn yield_now(&self) -> impl Future<Output = ()> {
+        yield_now()
     }
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
         spawn(task)

@@ -389,13 +389,7 @@ impl Host for SpdkHost {
     }
     fn spawn_merge(&self, node: Arc<Node>) {
         exec::spawn(async move {
-            node.run_merge(|backoff| async move {
-                match backoff {
-                    true => exec::sleep(Duration::from_millis(1)).await,
-                    false => exec::yield_now().await,
-                }
-            })
-            .await;
+            node.run_merge(&exec::SpdkRuntime).await;
             if node.stage() == crate::engine::Stage::Done {
                 io::release_overlays(node.clone());
             }
@@ -403,14 +397,7 @@ impl Host for SpdkHost {
     }
     fn spawn_sync(&self, node: Arc<Node>) {
         exec::spawn(async move {
-            node.run_job(&exec::SpdkRuntime, |backoff| {
-                exec::sleep(if backoff {
-                    Duration::from_millis(1)
-                } else {
-                    Duration::from_micros(1)
-                })
-            })
-            .await;
+            node.run_job(&exec::SpdkRuntime).await;
         });
     }
     fn release_overlays(&self, node: &Arc<Node>) {

@@ -5,7 +5,7 @@
 
 use super::bdev::{DelayParams, Dev};
 use super::node::{Exported, Face, Node};
-use super::reactor::{Reactor, sleep, spawn_local, yield_now};
+use super::reactor::{NativeRuntime, Reactor, sleep, spawn_local};
 use crate::control::{EBUSY, EINVAL, ENODEV, Host, Replica, Role, RpcError};
 use crate::engine::{Mode, Stage};
 use futures::future::LocalBoxFuture;
@@ -263,19 +263,6 @@ impl App {
     }
 }
 
-/// How long a merge backs off when out of buffers.
-const MERGE_BACKOFF: Duration = Duration::from_millis(1);
-
-/// Between a background job's steps (merge clusters, sync regions): `backoff` (out of
-/// buffers) sleeps, otherwise one reactor turn.
-async fn pause(backoff: bool) {
-    if backoff {
-        sleep(MERGE_BACKOFF).await
-    } else {
-        yield_now().await
-    }
-}
-
 impl Host for Rc<App> {
     type Dev = Dev;
     type Node = Node;
@@ -354,7 +341,7 @@ impl Host for Rc<App> {
     fn spawn_merge(&self, node: Arc<Node>) {
         let app = self.clone();
         spawn_local(async move {
-            node.replica.run_merge(pause).await;
+            node.replica.run_merge(&NativeRuntime).await;
             if node.replica.stage() == Stage::Done {
                 app.release_overlays(&node);
             }
@@ -363,9 +350,7 @@ impl Host for Rc<App> {
 
     fn spawn_sync(&self, node: Arc<Node>) {
         spawn_local(async move {
-            node.replica
-                .run_job(&super::reactor::NativeRuntime, pause)
-                .await;
+            node.replica.run_job(&NativeRuntime).await;
         });
     }
 

@@ -184,7 +184,7 @@ pub fn defer(f: impl FnOnce() + 'static) {
 /// once (RAM disks) cannot starve the guests' connections. (Waking itself would not do: the
 /// turn polls ready tasks until none is left.) Off a reactor, a plain self-wake.
 pub fn yield_now() -> impl Future<Output = ()> {
-    crate::control::yield_with(|w| {
+    crate::engine::yield_with(|w| {
         if with_local(|l| l.yielded.borrow_mut().push(w.clone())).is_none() {
             w.wake_by_ref();
         }
@@ -628,6 +628,9 @@ pub struct NativeRuntime;
 impl crate::engine::Runtime for NativeRuntime {
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
         sleep(d)
+    }
+    fn yield_now(&self) -> impl Future<Output = ()> {
+        yield_now()
     }
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
         spawn_local(task)
