@@ -1,20 +1,19 @@
-//! The data path: bdev_io → engine plans → child I/O on the claimed bdevs.
+//! The data path: bdev_io → engine plans → child I/O on the claimed bdevs. This file holds
+//! the module's fn table, the per-request context, the channels and the dispatch.
 //!
 //! The common cases are submitted straight from `submit_request` with C callbacks and no
 //! allocation: a top read served by one overlay or the base, a top write to active, an
-//! ingress write whose clusters are already copied, every primary read and write. The
-//! rest (COW, multi-source reads, merging writes, failover-failed splits, flush) runs as an
-//! engine future on the reactor.
+//! ingress write whose clusters are already copied ([`super::secondary`]), every primary
+//! read and write ([`super::primary`]). The rest (COW, multi-source reads, merging writes,
+//! failover-failed splits, flush) runs as an engine future on the reactor
+//! ([`super::slow`]).
 
-use super::dev::SpdkBuf;
-use super::exec;
 use super::json;
 use super::node::{Kind, Node, OurBdev};
 use super::primary::{self, RemoteShared};
+use super::secondary;
 use crate::control::RoleRef;
-use crate::engine::{
-    AllocState, BlockDevice, IngressWritePlan, IoError, ReadSegment, Source, TopWritePlan,
-};
+use crate::engine::IoError;
 use spdk_sys as s;
 use std::ffi::c_void;
 use std::ptr::null_mut;
@@ -45,8 +44,9 @@ pub struct IoCtx {
     ch: *mut s::spdk_io_channel,
     pub(super) pending: u32,
     pub(super) failed: bool,
-    seg_lba: u64,
-    seg_blocks: u64,
+    /// A top read from the base: the segment to revalidate at completion.
+    pub(super) seg_lba: u64,
+    pub(super) seg_blocks: u64,
     /// Primary: what to tell the engine when the guest request completes.
     pub(super) mark: Mark,
     pub(super) link_gen: u64,
@@ -84,7 +84,7 @@ pub(super) unsafe fn our_bdev(bdev_io: *mut s::spdk_bdev_io) -> &'static OurBdev
 
 /// Completes with the engine's outcome: out of buffers is NOMEM, which SPDK's bdev layer
 /// retries on its own.
-unsafe fn complete_with(bdev_io: *mut s::spdk_bdev_io, r: Result<(), IoError>) {
+pub(super) unsafe fn complete_with(bdev_io: *mut s::spdk_bdev_io, r: Result<(), IoError>) {
     let st = match r {
         Ok(()) => s::SPDK_BDEV_IO_STATUS_SUCCESS,
         Err(IoError::NoMem) => s::SPDK_BDEV_IO_STATUS_NOMEM,
@@ -391,8 +391,8 @@ unsafe fn dispatch(ch: *mut s::spdk_io_channel, bdev_io: *mut s::spdk_bdev_io) {
         let ob = our_bdev(bdev_io);
         let node = &*ob.node;
         match (node.role(), ob.kind) {
-            (RoleRef::Secondary(_), Kind::Top) => top(node, chan, bdev_io),
-            (RoleRef::Secondary(_), Kind::Ingress) => ingress(node, chan, bdev_io),
+            (RoleRef::Secondary(_), Kind::Top) => secondary::top(node, chan, bdev_io),
+            (RoleRef::Secondary(_), Kind::Ingress) => secondary::ingress(node, chan, bdev_io),
             // A reprotected secondary's former ingress: refused, as in `done` (it is being
             // unregistered).
             (RoleRef::Primary(_), Kind::Ingress) => complete(bdev_io, false),
@@ -456,443 +456,9 @@ pub(super) unsafe fn issue(
 }
 
 /// Child done: complete the guest request with the child's status.
-unsafe extern "C" fn pass_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+pub(super) unsafe extern "C" fn pass_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     unsafe {
         s::spdk_bdev_free_io(child);
         complete(arg.cast(), ok);
-    }
-}
-
-/// Same, leaving the secondary's gate.
-unsafe extern "C" fn gated_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        finish_gated(secondary_of(bdev_io), bdev_io, ok);
-    }
-}
-
-/// Completes a request that holds a raw gate entry.
-unsafe fn finish_gated(
-    sec: &crate::engine::Secondary<super::dev::SpdkDev>,
-    bdev_io: *mut s::spdk_bdev_io,
-    ok: bool,
-) {
-    sec.gate().exit();
-    unsafe { complete(bdev_io, ok) };
-}
-
-/// The secondary engine a node was created with. Requests routed to it before a reprotect
-/// keep using it until they complete (the current role is already the primary then).
-fn created_secondary(node: &Node) -> Option<&crate::engine::Secondary<super::dev::SpdkDev>> {
-    match &node.role {
-        crate::control::Role::Secondary(sec) => Some(sec),
-        crate::control::Role::Primary(_) => None,
-    }
-}
-
-unsafe fn secondary_of(
-    bdev_io: *mut s::spdk_bdev_io,
-) -> &'static crate::engine::Secondary<super::dev::SpdkDev> {
-    unsafe {
-        match created_secondary(&*our_bdev(bdev_io).node) {
-            Some(sec) => sec,
-            None => unreachable!("only a secondary's requests complete through here"),
-        }
-    }
-}
-
-/// Issues on leg `i` and handles a failed submission; `gated` says the request holds a
-/// raw gate entry to give back on failure.
-unsafe fn issue_on(
-    node: &Node,
-    chan: &Channel,
-    i: usize,
-    op: Child,
-    bdev_io: *mut s::spdk_bdev_io,
-    cb: s::spdk_bdev_io_completion_cb,
-    gated: bool,
-) {
-    unsafe {
-        let r = req(bdev_io);
-        let rc = issue(
-            node.legs[i].desc(),
-            chan.legs[i],
-            op,
-            &r,
-            cb,
-            bdev_io.cast(),
-        );
-        if rc == 0 {
-            return;
-        }
-        if gated {
-            secondary_of(bdev_io).gate().exit();
-        }
-        if rc == -ENOMEM {
-            queue_retry(bdev_io, node.legs[i].0.bdev, chan.legs[i]);
-        } else {
-            complete(bdev_io, false);
-        }
-    }
-}
-
-const BASE: usize = 0;
-const HIDDEN: usize = 1;
-const ACTIVE: usize = 2;
-
-unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
-    unsafe {
-        let Some(sec) = created_secondary(node) else {
-            complete(bdev_io, false);
-            return;
-        };
-        let r = req(bdev_io);
-        let Some(op) = child_of(r.ty) else {
-            complete(bdev_io, false);
-            return;
-        };
-        if matches!(op, Child::Flush | Child::Reset) || !sec.gate().try_enter_raw() {
-            slow(bdev_io);
-            return;
-        }
-        match op {
-            Child::Read => {
-                let seg = match sec.plan_top_read_whole(r.lba, r.blocks) {
-                    Ok(Some(seg)) => seg,
-                    // A zero-block read: nothing to do.
-                    Ok(None) if r.blocks == 0 => {
-                        finish_gated(sec, bdev_io, true);
-                        return;
-                    }
-                    // Pieces from several sources: the engine's driver reads each.
-                    Ok(None) => {
-                        sec.gate().exit();
-                        slow(bdev_io);
-                        return;
-                    }
-                    Err(_) => {
-                        finish_gated(sec, bdev_io, false);
-                        return;
-                    }
-                };
-                match seg.source {
-                    Source::Zero => {
-                        zero_iovs(&r);
-                        finish_gated(sec, bdev_io, true);
-                    }
-                    Source::Active => {
-                        issue_on(node, chan, ACTIVE, op, bdev_io, Some(gated_done), true)
-                    }
-                    Source::Hidden => {
-                        issue_on(node, chan, HIDDEN, op, bdev_io, Some(gated_done), true)
-                    }
-                    Source::Base => {
-                        let ctx = ctx_of(bdev_io);
-                        ctx.seg_lba = seg.lba;
-                        ctx.seg_blocks = seg.nblocks;
-                        issue_on(
-                            node,
-                            chan,
-                            BASE,
-                            op,
-                            bdev_io,
-                            Some(top_base_read_done),
-                            true,
-                        )
-                    }
-                }
-            }
-            _ => match sec.plan_top_write(r.lba, r.blocks) {
-                TopWritePlan::Active => match op {
-                    Child::Write => issue_on(
-                        node,
-                        chan,
-                        ACTIVE,
-                        op,
-                        bdev_io,
-                        Some(active_write_done),
-                        true,
-                    ),
-                    _ => {
-                        // Allocated as zero: metadata only.
-                        sec.mark_active(r.lba, r.blocks, AllocState::Zero);
-                        finish_gated(sec, bdev_io, true);
-                    }
-                },
-                TopWritePlan::Base => {
-                    // Tracked for an incremental reprotect, and after a reprotect for the
-                    // promoted primary's map (see `top_base_write_done`).
-                    sec.base_write_begin(r.lba, r.blocks);
-                    issue_on(
-                        node,
-                        chan,
-                        BASE,
-                        op,
-                        bdev_io,
-                        Some(top_base_write_done),
-                        true,
-                    )
-                }
-                TopWritePlan::Slow => {
-                    sec.gate().exit();
-                    slow(bdev_io);
-                }
-                TopWritePlan::Refused => {
-                    finish_gated(sec, bdev_io, false);
-                }
-            },
-        }
-    }
-}
-
-unsafe extern "C" fn top_base_write_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        let sec = secondary_of(bdev_io);
-        let r = req(bdev_io);
-        sec.base_write_done(r.lba, r.blocks);
-        finish_gated(sec, bdev_io, ok);
-    }
-}
-
-unsafe extern "C" fn active_write_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        let sec = secondary_of(bdev_io);
-        if ok {
-            let r = req(bdev_io);
-            sec.mark_active(r.lba, r.blocks, AllocState::Data);
-        }
-        finish_gated(sec, bdev_io, ok);
-    }
-}
-
-/// A top read served from the base: if a copy of one of its clusters finished meanwhile,
-/// the base may hold newer ingress data there; re-read those clusters from hidden.
-unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        let sec = secondary_of(bdev_io);
-        if !ok {
-            finish_gated(sec, bdev_io, false);
-            return;
-        }
-        let ctx = ctx_of(bdev_io);
-        let seg = ReadSegment {
-            source: Source::Base,
-            lba: ctx.seg_lba,
-            nblocks: ctx.seg_blocks,
-        };
-        // Empty unless a copy finished during the read (no allocation otherwise).
-        let mut redo: Vec<(u64, u64)> = Vec::new();
-        sec.revalidate_base_read(&seg, |l, k| redo.push((l, k)));
-        if redo.is_empty() {
-            finish_gated(sec, bdev_io, true);
-            return;
-        }
-        exec::spawn(async move {
-            let r = req(bdev_io);
-            let mut ok = true;
-            for (lba, k) in redo {
-                ok &= read_into_guest(sec.hidden(), &r, lba, k).await.is_ok();
-            }
-            finish_gated(sec, bdev_io, ok);
-        });
-    }
-}
-
-unsafe fn ingress(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev_io) {
-    unsafe {
-        let Some(sec) = created_secondary(node) else {
-            complete(bdev_io, false);
-            return;
-        };
-        let r = req(bdev_io);
-        let Some(op) = child_of(r.ty) else {
-            complete(bdev_io, false);
-            return;
-        };
-        match op {
-            // The base is shared with the SVM: resetting it for the primary's sake would
-            // abort the SVM's I/O. SPDK's bdev layer has already drained the ingress's own
-            // I/O before it hands us a reset, so there is nothing left to do.
-            Child::Reset => complete(bdev_io, true),
-            Child::Flush if !node.legs[BASE].supports_flush() => complete(bdev_io, true),
-            Child::Read | Child::Flush => {
-                if matches!(op, Child::Flush) {
-                    sec.count_base_flush();
-                }
-                issue_on(node, chan, BASE, op, bdev_io, Some(pass_done), false)
-            }
-            Child::Write | Child::WriteZeroes | Child::Unmap => {
-                if !sec.gate().try_enter_raw() {
-                    slow(bdev_io);
-                    return;
-                }
-                match sec.plan_ingress_write(r.lba, r.blocks) {
-                    IngressWritePlan::Direct => {
-                        issue_on(node, chan, BASE, op, bdev_io, Some(gated_done), true)
-                    }
-                    IngressWritePlan::Cow => {
-                        sec.gate().exit();
-                        slow(bdev_io);
-                    }
-                    IngressWritePlan::Refused => {
-                        sec.count_ingress_refused();
-                        finish_gated(sec, bdev_io, false);
-                    }
-                }
-            }
-        }
-    }
-}
-
-unsafe fn zero_iovs(r: &Req) {
-    unsafe {
-        for i in 0..r.iovcnt as usize {
-            let v = &*r.iovs.add(i);
-            std::ptr::write_bytes(v.iov_base as *mut u8, 0, v.iov_len);
-        }
-    }
-}
-
-/// Copies between a contiguous buffer and the request's iovecs, from byte `skip` on.
-pub(super) unsafe fn copy_iovs(r: &Req, skip: usize, buf: &SpdkBuf, to_iovs: bool) {
-    unsafe {
-        let mut skip = skip;
-        let mut done = 0usize;
-        let total = crate::engine::IoBuf::len(buf);
-        for i in 0..r.iovcnt as usize {
-            if done == total {
-                break;
-            }
-            let v = &*r.iovs.add(i);
-            if skip >= v.iov_len {
-                skip -= v.iov_len;
-                continue;
-            }
-            let n = (v.iov_len - skip).min(total - done);
-            let iov = (v.iov_base as *mut u8).add(skip);
-            let b = buf.as_ptr().add(done);
-            if to_iovs {
-                std::ptr::copy_nonoverlapping(b, iov, n);
-            } else {
-                std::ptr::copy_nonoverlapping(iov, b, n);
-            }
-            skip = 0;
-            done += n;
-        }
-    }
-}
-
-pub(super) fn block_size(r_node: &Node) -> u64 {
-    u64::from(r_node.legs[0].block_size())
-}
-
-/// Reads `k` blocks at `lba` of `dev` into the part of the request's buffer they map to.
-async unsafe fn read_into_guest(
-    dev: &super::dev::SpdkDev,
-    r: &Req,
-    lba: u64,
-    k: u64,
-) -> Result<(), IoError> {
-    let bs = u64::from(dev.block_size());
-    let skip = ((lba - r.lba) * bs) as usize;
-    let len = (k * bs) as usize;
-    unsafe {
-        if r.iovcnt == 1 {
-            let v = &*r.iovs;
-            let buf = SpdkBuf::borrowed((v.iov_base as *mut u8).add(skip), len);
-            dev.read(lba, buf).await
-        } else {
-            let buf = SpdkBuf::alloc(len)?;
-            dev.read(lba, buf.clone()).await?;
-            copy_iovs(r, skip, &buf, true);
-            Ok(())
-        }
-    }
-}
-
-/// The request's whole buffer as one engine buffer (bounced when scattered).
-unsafe fn guest_buf(r: &Req, bs: u64, fill_from_iovs: bool) -> Result<(SpdkBuf, bool), IoError> {
-    unsafe {
-        let len = (r.blocks * bs) as usize;
-        if r.iovcnt == 1 && (*r.iovs).iov_len >= len {
-            Ok((SpdkBuf::borrowed((*r.iovs).iov_base as *mut u8, len), false))
-        } else {
-            let b = SpdkBuf::alloc(len)?;
-            if fill_from_iovs {
-                copy_iovs(r, 0, &b, false);
-            }
-            Ok((b, true))
-        }
-    }
-}
-
-/// Runs the request through the engine's driver on this reactor.
-pub(super) unsafe fn slow(bdev_io: *mut s::spdk_bdev_io) {
-    exec::spawn(async move {
-        // SAFETY: the bdev (and node) cannot go away while this request is outstanding.
-        let r = unsafe { run_slow(bdev_io).await };
-        unsafe { complete_with(bdev_io, r) };
-    });
-}
-
-async unsafe fn run_slow(bdev_io: *mut s::spdk_bdev_io) -> Result<(), IoError> {
-    unsafe {
-        let ob = our_bdev(bdev_io);
-        let node = &*ob.node;
-        let r = req(bdev_io);
-        let bs = block_size(node);
-        let op = child_of(r.ty).ok_or(IoError::Io)?;
-        if let RoleRef::Primary(p) = node.role() {
-            if ob.kind == Kind::Ingress {
-                // Routed before a reprotect retired the ingress: refused, as in `done`.
-                return Err(IoError::Io);
-            }
-            // Writes while a sync or verify runs: under the region locks.
-            let rt = super::exec::SpdkRuntime;
-            return match op {
-                Child::Write => {
-                    // Owned, never the guest's: a timed-out remote leg outlives the guest
-                    // request (spec 4).
-                    let buf = SpdkBuf::alloc((r.blocks * bs) as usize)?;
-                    copy_iovs(&r, 0, &buf, false);
-                    p.write(&rt, r.lba, buf).await
-                }
-                Child::WriteZeroes => p.write_zeroes(&rt, r.lba, r.blocks).await,
-                Child::Unmap => p.unmap(&rt, r.lba, r.blocks).await,
-                _ => Err(IoError::Io),
-            };
-        }
-        let Some(sec) = created_secondary(node) else {
-            return Err(IoError::Io);
-        };
-        match (ob.kind, op) {
-            (Kind::Top, Child::Read) => {
-                let (buf, bounced) = guest_buf(&r, bs, false)?;
-                sec.top_read(r.lba, buf.clone()).await?;
-                if bounced {
-                    copy_iovs(&r, 0, &buf, true);
-                }
-                Ok(())
-            }
-            (Kind::Top, Child::Write) => sec.top_write(r.lba, guest_buf(&r, bs, true)?.0).await,
-            (Kind::Top, Child::WriteZeroes) => sec.top_write_zeroes(r.lba, r.blocks).await,
-            (Kind::Top, Child::Unmap) => sec.top_unmap(r.lba, r.blocks).await,
-            (Kind::Top, Child::Flush) => sec.top_flush().await,
-            // Like the ingress: never reset devices the other side uses.
-            (Kind::Top, Child::Reset) => Ok(()),
-            (Kind::Ingress, Child::Write) => {
-                sec.ingress_write(r.lba, guest_buf(&r, bs, true)?.0).await
-            }
-            (Kind::Ingress, Child::WriteZeroes) => sec.ingress_write_zeroes(r.lba, r.blocks).await,
-            (Kind::Ingress, Child::Unmap) => sec.ingress_unmap(r.lba, r.blocks).await,
-            _ => Err(IoError::Io),
-        }
     }
 }

@@ -10,6 +10,8 @@ mod json;
 mod node;
 mod primary;
 mod rpc;
+mod secondary;
+mod slow;
 
 use spdk_sys as s;
 

@@ -5,10 +5,11 @@
 
 use super::dev::SpdkBuf;
 use super::io::{
-    Channel, Child, ENOMEM, Mark, Req, block_size, child_of, complete, copy_iovs, ctx_of, issue,
-    our_bdev, queue_retry, req, slow,
+    Channel, Child, ENOMEM, Mark, Req, child_of, complete, ctx_of, issue, our_bdev, queue_retry,
+    req,
 };
 use super::node::Node;
+use super::slow::{block_size, copy_iovs, slow};
 use crate::engine::{BlockDevice, PrimaryWritePlan};
 use spdk_sys as s;
 use std::cell::{Cell, RefCell};
