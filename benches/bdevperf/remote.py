@@ -86,28 +86,14 @@ def export(nqn: str, bdev: str, port: int) -> list[dict]:
             "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(port)}}}]
 
 
-class Secondary:
-    """`replication_tgt --host spdk` with a secondary node `sec` (stage `none`: ingress
-    writes go straight to its malloc base) exporting `exports` (bdev -> (NQN, port); by
-    default its ingress), started with `extra` arguments."""
+class Tgt:
+    """`replication_tgt --host spdk` on `core_mask` with the SPDK JSON config `cfg`, its RPC
+    socket ready (`framework_wait_init` answered)."""
 
-    def __init__(self, tgt: Path, spdk_lib: Path, tmp: Path, core_mask: str, port: int,
-                 exports: dict[str, tuple[str, int]] | None = None,
-                 extra: list[str] | None = None, name: str = "secondary"):
-        d = tmp / name
+    def __init__(self, tgt: Path, spdk_lib: Path, d: Path, core_mask: str, cfg: dict,
+                 extra: list[str] | None = None):
         d.mkdir()
         self.sock = d / "rpc.sock"
-        exports = exports or {"ingress": (INGRESS_NQN, port)}
-        cfg = {"subsystems": rb.FRAMEWORK + [
-            {"subsystem": "bdev", "config": [
-                rb.malloc("base"), rb.malloc("hidden"), rb.malloc("active"),
-                {"method": "bdev_replication_create",
-                 "params": {"name": "sec", "mode": "secondary", "base_bdev": "base",
-                            "hidden_bdev": "hidden", "active_bdev": "active",
-                            "ingress_name": "ingress"}}]},
-            {"subsystem": "nvmf", "config": [
-                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]
-                + [c for bdev, (nqn, p) in exports.items() for c in export(nqn, bdev, p)]}]}
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
         self.log = d / "tgt.log"
         e = dict(os.environ)
@@ -124,7 +110,7 @@ class Secondary:
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                raise rb.BenchError(f"secondary exited ({self.proc.returncode}); log: "
+                raise rb.BenchError(f"{d.name} exited ({self.proc.returncode}); log: "
                                     f"{self.log}\n{self.log.read_text(errors='replace')[-3000:]}")
             if self.sock.exists():
                 try:
@@ -133,12 +119,34 @@ class Secondary:
                 except (ConnectionError, FileNotFoundError, rb.BenchError):
                     pass
             if time.monotonic() > deadline:
-                raise rb.BenchError(f"secondary not ready after 60 s; log: {self.log}")
+                raise rb.BenchError(f"{d.name} not ready after 60 s; log: {self.log}")
             time.sleep(0.2)
 
     def close(self) -> None:
         rb.stop(self.proc)
         self.out.close()
+
+
+class Secondary(Tgt):
+    """A `Tgt` with a secondary node `sec` (stage `none`: ingress writes go straight to its
+    malloc base) exporting `exports` (bdev -> (NQN, port); by default its ingress), started
+    with `extra` arguments."""
+
+    def __init__(self, tgt: Path, spdk_lib: Path, tmp: Path, core_mask: str, port: int,
+                 exports: dict[str, tuple[str, int]] | None = None,
+                 extra: list[str] | None = None, name: str = "secondary"):
+        exports = exports or {"ingress": (INGRESS_NQN, port)}
+        cfg = {"subsystems": rb.FRAMEWORK + [
+            {"subsystem": "bdev", "config": [
+                rb.malloc("base"), rb.malloc("hidden"), rb.malloc("active"),
+                {"method": "bdev_replication_create",
+                 "params": {"name": "sec", "mode": "secondary", "base_bdev": "base",
+                            "hidden_bdev": "hidden", "active_bdev": "active",
+                            "ingress_name": "ingress"}}]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]
+                + [c for bdev, (nqn, p) in exports.items() for c in export(nqn, bdev, p)]}]}
+        super().__init__(tgt, spdk_lib, tmp / name, core_mask, cfg, extra)
 
 
 def require_built(module: Path, tgt: Path) -> None:

@@ -216,12 +216,16 @@ impl<D: BlockDevice + Clone> Primary<D> {
         Fut: std::future::Future<Output = ()>,
     {
         let gen_ = self.link.load(SeqCst) >> super::GEN_SHIFT;
+        // Logged at the end: how long a resync takes is what an operator plans around.
+        let started = std::time::Instant::now();
         let r = match self.job() {
             Job::Idle => return Ok(()),
             Job::Sync => self.sync_loop(rt, gen_, &mut between).await,
             Job::Verify => self.verify_loop(rt, gen_, &mut between).await,
         };
         let was_sync = self.job() == Job::Sync;
+        let secs = started.elapsed().as_secs_f64();
+        let bytes = self.sync.done.load(SeqCst);
         self.end_job();
         match &r {
             Ok(()) if was_sync => {
@@ -230,13 +234,17 @@ impl<D: BlockDevice + Clone> Primary<D> {
                 if self.link.load(SeqCst) & BROKEN != 0 {
                     self.error.store(true, SeqCst);
                 }
-                tracing::info!("sync complete: remote in sync");
+                tracing::info!(bytes, secs, "sync complete: remote in sync");
             }
             Ok(()) => tracing::info!(
+                bytes,
+                secs,
                 mismatches = self.sync.mismatches.load(SeqCst),
                 "verify complete"
             ),
-            Err(e) => tracing::warn!(error = %e, "sync/verify stopped; dirty map kept"),
+            Err(e) => {
+                tracing::warn!(error = %e, bytes, secs, "sync/verify stopped; dirty map kept")
+            }
         }
         r
     }
