@@ -13,8 +13,7 @@ pub use error::{
     EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOTSUP, EPERM, INVALID_PARAMS, METHOD_NOT_FOUND, RpcError,
     errno_name,
 };
-pub use host::Host;
-pub use host::{EXTRA_METHODS, METHODS, create, delete, find, handle, reprotect};
+pub use host::{EXTRA_METHODS, Host, METHODS, create, delete, find, handle, reprotect};
 pub use params::{
     CreateParams, DeleteParams, NameParams, OptName, ResyncParams, StartParams, StopParams, decode,
 };
