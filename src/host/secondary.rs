@@ -14,12 +14,28 @@ use crate::engine::{AllocState, BlockDevice, IngressWritePlan, ReadSegment, Sour
 use spdk_sys as s;
 use std::ffi::c_void;
 
-/// Same, leaving the secondary's gate.
-unsafe extern "C" fn gated_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+/// A child of a gated request ended: frees it; the guest request (`arg`) and its
+/// secondary, for the callback to complete through [`finish_gated`].
+#[inline]
+unsafe fn gated_child_done(
+    child: *mut s::spdk_bdev_io,
+    arg: *mut c_void,
+) -> (
+    &'static crate::engine::Secondary<super::dev::SpdkDev>,
+    *mut s::spdk_bdev_io,
+) {
     unsafe {
         s::spdk_bdev_free_io(child);
         let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        finish_gated(secondary_of(bdev_io), bdev_io, ok);
+        (secondary_of(bdev_io), bdev_io)
+    }
+}
+
+/// Same as `pass_done`, leaving the secondary's gate.
+unsafe extern "C" fn gated_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    unsafe {
+        let (sec, bdev_io) = gated_child_done(child, arg);
+        finish_gated(sec, bdev_io, ok);
     }
 }
 
@@ -201,9 +217,7 @@ pub(super) unsafe fn top(node: &Node, chan: &Channel, bdev_io: *mut s::spdk_bdev
 
 unsafe extern "C" fn top_base_write_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        let sec = secondary_of(bdev_io);
+        let (sec, bdev_io) = gated_child_done(child, arg);
         let r = req(bdev_io);
         sec.base_write_done(r.lba, r.blocks);
         finish_gated(sec, bdev_io, ok);
@@ -212,9 +226,7 @@ unsafe extern "C" fn top_base_write_done(child: *mut s::spdk_bdev_io, ok: bool, 
 
 unsafe extern "C" fn active_write_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        let sec = secondary_of(bdev_io);
+        let (sec, bdev_io) = gated_child_done(child, arg);
         if ok {
             let r = req(bdev_io);
             sec.mark_active(r.lba, r.blocks, AllocState::Data);
@@ -227,9 +239,7 @@ unsafe extern "C" fn active_write_done(child: *mut s::spdk_bdev_io, ok: bool, ar
 /// the base may hold newer ingress data there; re-read those clusters from hidden.
 unsafe extern "C" fn top_base_read_done(child: *mut s::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     unsafe {
-        s::spdk_bdev_free_io(child);
-        let bdev_io: *mut s::spdk_bdev_io = arg.cast();
-        let sec = secondary_of(bdev_io);
+        let (sec, bdev_io) = gated_child_done(child, arg);
         if !ok {
             finish_gated(sec, bdev_io, false);
             return;
